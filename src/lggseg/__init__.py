@@ -1,0 +1,2 @@
+"""lggseg: lower-grade glioma segmentation pipeline."""
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""The `lggseg` command: one subcommand per pipeline stage, plus `synth`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+# Keep imports quiet and offline: albumentations phones PyPI on import otherwise.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from lggseg import pipeline  # noqa: E402
+from lggseg.config import ConfigError, load_config  # noqa: E402
+from lggseg.paths import Paths  # noqa: E402
+
+STAGES = {
+    "download": "get the raw data set into data/raw/kaggle_3m (data.source: auto|kaggle|local|synthetic)",
+    "index": "index and validate the slices -> data/interim/slices.csv",
+    "split": "patient-wise train/val/test split -> data/interim/splits.json",
+    "preprocess": "resize and store uint8 arrays per split -> data/processed/",
+    "train": "train one architecture -> models/<arch>/",
+    "evaluate": "evaluate one architecture on the test patients -> reports/<arch>/",
+    "compare": "compare all architectures, register the champion -> reports/comparison.md",
+}
+PER_ARCH = {"train", "evaluate"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lggseg", description="Lower-grade glioma segmentation pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param, e.g. --set train.epochs=2 (repeatable)")
+        p.add_argument("--root", default=".", help="project root holding data/, models/, reports/ (default: .)")
+        if name in PER_ARCH:
+            p.add_argument("--arch", required=True, help="architecture name from model.architectures, e.g. unet")
+    synth = sub.add_parser("synth", help="write a synthetic LGG data set in the Kaggle layout")
+    synth.add_argument("out", type=Path, help="output folder (kaggle_3m/ is created inside)")
+    synth.add_argument("--patients", type=int, default=24)
+    synth.add_argument("--slices-min", type=int, default=20)
+    synth.add_argument("--slices-max", type=int, default=40)
+    synth.add_argument("--seed", type=int, default=42)
+    synth.add_argument("--zip", type=Path, default=None, help="also write a Kaggle-style .zip archive here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "synth":
+            return _synth(args)
+        cfg = load_config(args.params, args.overrides)
+        paths = Paths.at(args.root)
+        stage = getattr(pipeline, args.command)
+        if args.command in PER_ARCH:
+            stage(cfg, paths, args.arch)
+        else:
+            stage(cfg, paths)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        # errors are raised where found, with the file or key named; reported once, here
+        if args.verbose:
+            raise
+        print(f"lggseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from lggseg.data import synthetic
+
+    tree = synthetic.generate_dataset(args.out, patients=args.patients, slices_min=args.slices_min,
+                                      slices_max=args.slices_max, seed=args.seed)
+    print(f"wrote {tree}")
+    if args.zip:
+        print(f"wrote {synthetic.write_kaggle_zip(tree, args.zip)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

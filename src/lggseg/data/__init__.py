@@ -1,0 +1,1 @@
+"""Data acquisition, layout index, split, preprocessing and datasets."""

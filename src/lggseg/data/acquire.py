@@ -1,0 +1,188 @@
+"""Getting the raw data set into `data/raw/kaggle_3m/`: from Kaggle, a local archive or folder, or synthetic.
+
+Every path ends the same way: the tree is assembled in a staging folder, checked, then renamed into
+place, so an interrupted or failed run never leaves a half data set that `index` would take for whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from lggseg.atomic import staged_dir
+from lggseg.config import DataConfig
+from lggseg.data import synthetic
+
+log = logging.getLogger(__name__)
+
+DATASET_DIRNAME = "kaggle_3m"
+WAYS_OUT = (
+    "Ways out:\n"
+    "  1. Kaggle credentials: export KAGGLE_API_TOKEN=... (or KAGGLE_USERNAME and KAGGLE_KEY), "
+    "or put kaggle.json / access_token in ~/.kaggle/;\n"
+    "  2. a manual download: save the archive as data/raw/lgg-mri-segmentation.zip, or set "
+    "data.local_path to the .zip or to a folder that contains kaggle_3m/ (data.source: local);\n"
+    "  3. no account at all: `make demo` runs the whole pipeline on synthetic data (data.source: synthetic)."
+)
+
+
+class DataSourceError(RuntimeError):
+    """The data set could not be obtained; the message says why and what to do."""
+
+
+def acquire(cfg: DataConfig, dataset_dir: Path, default_archive: Path) -> Path:
+    """Fill `dataset_dir` (…/kaggle_3m) from the source named by `cfg.source`; return it."""
+    source = resolve_source(cfg, default_archive)
+    log.info("data source: %s", source)
+    if source == "synthetic":
+        syn = cfg.synthetic
+        with staged_dir(dataset_dir) as staging:
+            generated = synthetic.generate_dataset(
+                staging, patients=syn.patients, slices_min=syn.slices_min,
+                slices_max=syn.slices_max, seed=syn.seed,
+            )
+            _move_contents(generated, staging)
+            check_dataset_tree(staging)
+    elif source == "local":
+        local = Path(cfg.local_path) if cfg.local_path else default_archive
+        install_local(local, dataset_dir)
+    else:
+        download_kaggle(cfg.kaggle_dataset, dataset_dir)
+    return dataset_dir
+
+
+def resolve_source(cfg: DataConfig, default_archive: Path) -> str:
+    """`auto` means: a local archive when one is configured or present, else Kaggle."""
+    if cfg.source != "auto":
+        return cfg.source
+    if cfg.local_path or default_archive.exists():
+        return "local"
+    return "kaggle"
+
+
+def install_local(local: Path, dataset_dir: Path) -> Path:
+    """Install from a Kaggle .zip or from a folder that contains (or is) kaggle_3m/."""
+    if not local.exists():
+        raise DataSourceError(f"data.local_path does not exist: {local}\n{WAYS_OUT}")
+    with staged_dir(dataset_dir) as staging:
+        if local.is_dir():
+            source_tree = find_dataset_tree(local)
+            shutil.copytree(source_tree, staging, dirs_exist_ok=True, symlinks=False)
+        elif zipfile.is_zipfile(local):
+            extract_dataset_zip(local, staging)
+        else:
+            raise DataSourceError(f"{local}: neither a folder nor a .zip archive")
+        check_dataset_tree(staging)
+    return dataset_dir
+
+
+def find_dataset_tree(folder: Path) -> Path:
+    """The kaggle_3m folder inside `folder` (or `folder` itself); the archive's second copy is ignored."""
+    for candidate in (folder, folder / DATASET_DIRNAME, folder / "lgg-mri-segmentation" / DATASET_DIRNAME):
+        if candidate.name == DATASET_DIRNAME and candidate.is_dir():
+            return candidate
+    if any(p.is_dir() and p.name.startswith("TCGA_") for p in folder.iterdir()):
+        return folder  # a renamed copy of kaggle_3m (e.g. the shared real sample)
+    raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* patient folders inside")
+
+
+def extract_dataset_zip(archive: Path, target: Path) -> None:
+    """Extract one copy of kaggle_3m/ from `archive` into `target`, refusing unsafe entries."""
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_member(archive, info)
+        prefix = _dataset_prefix(archive, [PurePosixPath(i.filename) for i in infos])
+        extracted = 0
+        for info in infos:
+            name = PurePosixPath(info.filename)
+            if info.is_dir() or name.parts[: len(prefix)] != prefix:
+                continue
+            relative = PurePosixPath(*name.parts[len(prefix):])
+            destination = target.joinpath(*relative.parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(destination, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            extracted += 1
+    log.info("extracted %d files from %s", extracted, archive)
+
+
+def _check_member(archive: Path, info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or path.is_absolute():
+        raise DataSourceError(f"{archive}: refusing absolute path in archive: {name!r}")
+    if ".." in path.parts or "\\" in name:
+        raise DataSourceError(f"{archive}: refusing path that leaves the target folder: {name!r}")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise DataSourceError(f"{archive}: refusing symbolic link in archive: {name!r}")
+
+
+def _dataset_prefix(archive: Path, names: list[PurePosixPath]) -> tuple[str, ...]:
+    """The shortest folder path that ends in kaggle_3m (Kaggle's zip holds two copies)."""
+    prefixes = {
+        n.parts[: i + 1] for n in names for i, part in enumerate(n.parts[:-1]) if part == DATASET_DIRNAME
+    }
+    if not prefixes:
+        raise DataSourceError(f"{archive}: no {DATASET_DIRNAME}/ folder inside the archive")
+    return min(prefixes, key=lambda p: (len(p), p))
+
+
+def check_dataset_tree(tree: Path) -> None:
+    """The cheap structural check before a tree is renamed into place (full validation is `index`)."""
+    patients = [p for p in tree.iterdir() if p.is_dir() and p.name.startswith("TCGA_")]
+    if not patients:
+        raise DataSourceError(f"{tree}: no TCGA_* patient folders; not an LGG data set")
+    if not (tree / "data.csv").is_file():
+        raise DataSourceError(f"{tree}: data.csv is missing")
+
+
+def _move_contents(source: Path, target: Path) -> None:
+    if source == target:
+        return
+    for entry in list(source.iterdir()):
+        os.replace(entry, target / entry.name)
+    source.rmdir()
+
+
+def kaggle_credentials_present() -> bool:
+    env = os.environ
+    if env.get("KAGGLE_API_TOKEN") or (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")):
+        return True
+    config_dir = Path(env.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
+
+
+def download_kaggle(dataset: str, dataset_dir: Path) -> Path:
+    """Download the archive through the official client, then install it like a local one."""
+    if not kaggle_credentials_present():
+        raise DataSourceError(f"No Kaggle credentials found; cannot download {dataset}.\n{WAYS_OUT}")
+    # `import kaggle` authenticates at import time and prints a banner; the extended API does neither.
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except (Exception, SystemExit) as exc:  # authenticate() exits the interpreter on bad credentials
+        raise DataSourceError(f"Kaggle authentication failed ({type(exc).__name__}).\n{WAYS_OUT}") from None
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download.", dir=dataset_dir.parent) as tmp:
+        try:
+            api.dataset_download_files(dataset, path=tmp, unzip=False, quiet=False)
+        except (Exception, SystemExit) as exc:
+            # the message may echo request details; keep only the type so no credential can leak
+            raise DataSourceError(
+                f"Downloading {dataset} from Kaggle failed ({type(exc).__name__}); "
+                f"no network, or the data set is not accessible with these credentials.\n{WAYS_OUT}"
+            ) from None
+        archives = sorted(Path(tmp).glob("*.zip"))
+        if not archives:
+            raise DataSourceError(f"Kaggle returned no .zip archive for {dataset}")
+        install_local(archives[0], dataset_dir)
+    return dataset_dir

@@ -1,0 +1,193 @@
+"""The Kaggle layout: `kaggle_3m/<patient>/<patient>_<n>.tif` + `_<n>_mask.tif` and `data.csv`.
+
+`build_index` turns a tree into one row per slice and validates every file on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+log = logging.getLogger(__name__)
+
+PATIENT_RE = re.compile(r"^(?P<case_id>TCGA_(?P<institution>[A-Z0-9]{2})_[A-Z0-9]{4})_(?P<date>\d{8})$")
+IMAGE_SHAPE = (256, 256, 3)
+MASK_SHAPE = (256, 256)
+INDEX_COLUMNS = [
+    "patient_id", "case_id", "institution", "slice", "image_path", "mask_path", "tumor_pixels", "has_tumor",
+]
+
+
+class DatasetError(ValueError):
+    """The data set on disk is invalid; the message lists the offending files."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    path: str
+    detail: str
+
+
+def parse_patient_id(patient_id: str) -> tuple[str, str]:
+    """`TCGA_CS_4941_19960909` -> (`TCGA_CS_4941`, `CS`)."""
+    match = PATIENT_RE.match(patient_id)
+    if not match:
+        raise DatasetError(f"{patient_id}: patient folder name does not match TCGA_<inst>_<id>_<date>")
+    return match["case_id"], match["institution"]
+
+
+def slice_number(name: str, patient_id: str) -> int | None:
+    """`<patient>_<n>.tif` or `<patient>_<n>_mask.tif` -> n (None for any other name)."""
+    match = re.fullmatch(re.escape(patient_id) + r"_(\d+)(?:_mask)?\.tif", name)
+    return int(match.group(1)) if match else None
+
+
+def build_index(root: Path, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index and validate the tree at `root`; returns (slices, dropped).
+
+    strict: raise `DatasetError` for the first class of problem found, listing all its files.
+    Otherwise the offending slices are dropped and returned in `dropped` (kind, path, detail).
+    Slice-number gaps are only warned about.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data set folder not found: {root} (run the download stage first)")
+    patient_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not patient_dirs:
+        raise DatasetError(f"{root}: no patient folders")
+    problems: list[Problem] = []
+    candidates: list[dict] = []
+    for patient_dir in patient_dirs:
+        candidates.extend(_pair_slices(root, patient_dir, problems))
+    _raise_or_keep(problems, strict, stage="layout")
+
+    checked = _check_files(root, candidates)
+    file_problems = [p for row in checked for p in row.pop("problems")]
+    problems.extend(file_problems)
+    _raise_or_keep(file_problems, strict, stage="files")
+    bad_paths = {p.path for p in problems}
+    rows = [r for r in checked if r["image_path"] not in bad_paths and r["mask_path"] not in bad_paths]
+    if not rows:
+        raise DatasetError(f"{root}: no valid slices left after validation")
+
+    slices = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values(["patient_id", "slice"], ignore_index=True)
+    _warn_gaps(slices)
+    slices = join_clinical(slices, root / "data.csv")
+    dropped = pd.DataFrame([p.__dict__ for p in problems], columns=["kind", "path", "detail"])
+    return slices, dropped
+
+
+def _pair_slices(root: Path, patient_dir: Path, problems: list[Problem]) -> list[dict]:
+    patient_id = patient_dir.name
+    rel_dir = patient_dir.relative_to(root)
+    try:
+        case_id, institution = parse_patient_id(patient_id)
+    except DatasetError as exc:
+        problems.append(Problem("bad_patient_folder", str(rel_dir), str(exc)))
+        return []
+    images: dict[int, str] = {}
+    masks: dict[int, str] = {}
+    for f in patient_dir.iterdir():
+        n = slice_number(f.name, patient_id)
+        if n is None:
+            continue
+        (masks if f.name.endswith("_mask.tif") else images)[n] = str(rel_dir / f.name)
+    if not images and not masks:
+        problems.append(Problem("empty_patient_folder", str(rel_dir), "no slice tifs"))
+        return []
+    for n in sorted(images.keys() - masks.keys()):
+        problems.append(Problem("image_without_mask", images[n], "no matching _mask.tif"))
+    for n in sorted(masks.keys() - images.keys()):
+        problems.append(Problem("mask_without_image", masks[n], "no matching image tif"))
+    return [
+        {"patient_id": patient_id, "case_id": case_id, "institution": institution, "slice": n,
+         "image_path": images[n], "mask_path": masks[n]}
+        for n in sorted(images.keys() & masks.keys())
+    ]
+
+
+def _check_files(root: Path, candidates: list[dict]) -> list[dict]:
+    """Read every image and mask once (threads: tif decoding releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda row: _check_slice(root, row), candidates))
+
+
+def _check_slice(root: Path, row: dict) -> dict:
+    problems = []
+    image = _read(root / row["image_path"], row["image_path"], problems)
+    if image is not None and (image.shape != IMAGE_SHAPE or image.dtype != np.uint8):
+        problems.append(Problem("bad_image", row["image_path"],
+                                f"expected {IMAGE_SHAPE} uint8, got {image.shape} {image.dtype}"))
+    mask = _read(root / row["mask_path"], row["mask_path"], problems)
+    tumor_pixels = 0
+    if mask is not None:
+        if mask.shape != MASK_SHAPE or mask.dtype != np.uint8:
+            problems.append(Problem("bad_mask", row["mask_path"],
+                                    f"expected {MASK_SHAPE} uint8, got {mask.shape} {mask.dtype}"))
+        else:
+            values = set(np.unique(mask).tolist())
+            if not (values <= {0, 255} or values <= {0, 1}):
+                problems.append(Problem("bad_mask_values", row["mask_path"],
+                                        f"values {sorted(values)[:8]} are not binary (0/255 or 0/1)"))
+            tumor_pixels = int(np.count_nonzero(mask))
+    return {**row, "tumor_pixels": tumor_pixels, "has_tumor": tumor_pixels > 0, "problems": problems}
+
+
+def _read(path: Path, rel: str, problems: list[Problem]) -> np.ndarray | None:
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises several types for damaged files
+        problems.append(Problem("unreadable_tif", rel, f"{type(exc).__name__}: {exc}"))
+        return None
+
+
+def _raise_or_keep(problems: list[Problem], strict: bool, stage: str) -> None:
+    if not problems or not strict:
+        for p in problems:
+            log.warning("dropping %s: %s (%s)", p.path, p.kind, p.detail)
+        return
+    by_kind: dict[str, list[Problem]] = defaultdict(list)
+    for p in problems:
+        by_kind[p.kind].append(p)
+    kind, first = next(iter(by_kind.items()))
+    listing = "\n".join(f"  {p.path}: {p.detail}" for p in first)
+    others = [k for k in by_kind if k != kind]
+    more = f"\n(also found: {', '.join(others)})" if others else ""
+    raise DatasetError(
+        f"{len(first)} file(s) fail validation ({kind}):\n{listing}{more}\n"
+        "Fix or remove them, or set data.index.strict: false to drop them (listed in data/interim/dropped.csv)."
+    )
+
+
+def _warn_gaps(slices: pd.DataFrame) -> None:
+    for patient_id, numbers in slices.groupby("patient_id")["slice"]:
+        expected = set(range(1, int(numbers.max()) + 1))
+        missing = sorted(expected - set(numbers))
+        if missing:
+            log.warning("%s: slice numbers missing: %s", patient_id, missing[:10])
+
+
+def join_clinical(slices: pd.DataFrame, data_csv: Path) -> pd.DataFrame:
+    """Left-join the per-patient `data.csv` columns on case_id (its `Patient` column)."""
+    if not data_csv.is_file():
+        raise DatasetError(f"{data_csv}: data.csv is missing")
+    try:
+        clinical = pd.read_csv(data_csv)
+    except Exception as exc:
+        raise DatasetError(f"{data_csv}: cannot read data.csv: {exc}") from None
+    if "Patient" not in clinical.columns:
+        raise DatasetError(f"{data_csv}: no 'Patient' column")
+    clinical = clinical.rename(columns={"Patient": "case_id"}).drop_duplicates("case_id")
+    missing = sorted(set(slices["case_id"]) - set(clinical["case_id"]))
+    if missing:
+        log.warning("%s: no clinical row for %s", data_csv, ", ".join(missing))
+    return slices.merge(clinical, on="case_id", how="left", validate="many_to_one")

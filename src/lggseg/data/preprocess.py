@@ -1,0 +1,115 @@
+"""Slices -> fixed-size uint8 arrays per split that later stages open by memory map.
+
+`prepare_image` / `prepare_mask` are the per-slice transforms; inference (`lggseg predict`) calls
+the same functions so that a model always sees what it was trained on. Values stay uint8 on disk
+(4x smaller than float32); `to_model_input` scales them to [0, 1] on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import tifffile
+
+from lggseg.atomic import staged_dir, write_json
+from lggseg.config import PreprocessConfig
+from lggseg.data.split import check_no_leak, slices_for
+from lggseg.paths import SPLITS
+
+log = logging.getLogger(__name__)
+
+FLAIR_CHANNEL = 1  # channel order of the data set: pre-contrast, FLAIR, post-contrast
+SPLIT_FILES = ("images.npy", "masks.npy", "slices.csv")
+
+
+def prepare_image(image: np.ndarray, size: int, channels: str) -> np.ndarray:
+    """(H, W, 3) uint8 slice -> (size, size, C) uint8; C = 3 for `all`, 1 for `flair`."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    if channels == "flair":
+        image = image[:, :, FLAIR_CHANNEL : FLAIR_CHANNEL + 1]
+    if image.shape[:2] != (size, size):
+        shrinking = size < image.shape[0]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interpolation)
+        if image.ndim == 2:  # cv2 drops a single channel axis
+            image = image[:, :, None]
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) mask with values 0/255 or 0/1 -> (size, size) uint8 in {0, 1} (nearest neighbour)."""
+    binary = (mask > 0).astype(np.uint8)
+    if binary.shape != (size, size):
+        binary = cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
+    return binary
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [0, 1]."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def flair_view(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 -> the FLAIR channel (N, H, W), whether C is 3 (all) or 1 (flair only)."""
+    return images[..., FLAIR_CHANNEL] if images.shape[-1] == 3 else images[..., 0]
+
+
+def preprocess_dataset(
+    slices: pd.DataFrame, splits: dict, dataset_root: Path, out_dir: Path, cfg: PreprocessConfig, workers: int = 4,
+) -> dict:
+    """Write `out_dir/<split>/{images.npy, masks.npy, slices.csv}` and `out_dir/manifest.json` atomically."""
+    check_no_leak({name: splits[name] for name in SPLITS})
+    manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "splits": {}}
+    with staged_dir(out_dir) as staging:
+        for name in SPLITS:
+            rows = slices_for(slices, splits[name])
+            manifest["splits"][name] = _write_split(rows, dataset_root, staging / name, cfg, workers)
+        manifest["fingerprint"] = hashlib.sha256(
+            "".join(manifest["splits"][n]["sha256"] for n in SPLITS).encode()
+        ).hexdigest()[:16]
+        write_json(staging / "manifest.json", manifest)
+    return manifest
+
+
+def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: PreprocessConfig, workers: int) -> dict:
+    split_dir.mkdir(parents=True)
+    n, size, c = len(rows), cfg.size, cfg.in_channels
+    images = np.lib.format.open_memmap(split_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, c))
+    masks = np.lib.format.open_memmap(split_dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+
+    def load(i: int) -> None:
+        row = rows.iloc[i]
+        images[i] = prepare_image(tifffile.imread(dataset_root / row["image_path"]), size, cfg.channels)
+        masks[i] = prepare_mask(tifffile.imread(dataset_root / row["mask_path"]), size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(load, range(n)))
+    digest = hashlib.sha256()
+    for array in (images, masks):
+        array.flush()
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    del images, masks
+    rows.to_csv(split_dir / "slices.csv", index=False)
+    digest.update((split_dir / "slices.csv").read_bytes())
+    return {"slices": n, "patients": int(rows["patient_id"].nunique()), "sha256": digest.hexdigest()}
+
+
+def load_split(processed_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Memory-mapped (images N x H x W x C uint8, masks N x H x W uint8) and the slice table of a split."""
+    split_dir = Path(processed_dir) / split
+    missing = [f for f in SPLIT_FILES if not (split_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{split_dir}: missing {', '.join(missing)} (run the preprocess stage)")
+    images = np.load(split_dir / "images.npy", mmap_mode="r")
+    masks = np.load(split_dir / "masks.npy", mmap_mode="r")
+    table = pd.read_csv(split_dir / "slices.csv")
+    if not len(images) == len(masks) == len(table):
+        raise ValueError(f"{split_dir}: images, masks and slices.csv disagree in length")
+    return images, masks, table

@@ -1,0 +1,237 @@
+"""Evaluation on held-out test patients, and the side-by-side comparison that picks the champion.
+
+Per-patient 3-D volume Dice is the headline (Buda et al. 2019); per-slice, pooled, IoU, precision,
+recall and slice-level tumor detection come with it. Every choice (detection threshold, min area,
+champion) is made on the validation split and only applied to test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from lggseg import reports
+from lggseg.atomic import write_csv, write_json
+from lggseg.config import Config
+from lggseg.data.dataset import SliceDataset
+from lggseg.data.preprocess import flair_view
+from lggseg.data.split import check_no_leak
+from lggseg.devices import resolve_runtime
+from lggseg.inference import predict_batches
+from lggseg.metrics import (
+    SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
+    roc_points, segmentation_summary,
+)
+from lggseg.models import load_checkpoint
+from lggseg.paths import Paths
+from lggseg.tracking import Tracker, git_state, read_run_pointer
+
+log = logging.getLogger(__name__)
+
+MIN_AREA_CANDIDATES = (0, 5, 10, 20, 40, 80, 160)  # pixels at 256x256, scaled with the image size
+CHAMPION_MODEL = "lgg-segmentation"
+
+
+@dataclass
+class SplitPredictions:
+    """Binary predictions (N, H, W) uint8 and per-slice scores for one split, in dataset order."""
+
+    table: pd.DataFrame  # patient_id, slice (+ the processed slice columns)
+    truth: np.ndarray
+    pred: np.ndarray
+    max_prob: np.ndarray
+    images: np.ndarray  # the uint8 model inputs (N, H, W, C), memory-mapped
+
+
+def predict_split(model, paths: Paths, split: str, cfg: Config) -> SplitPredictions:
+    runtime = resolve_runtime(cfg.train.device)
+    model = model.to(runtime.device)
+    dataset = SliceDataset(paths.processed, split)
+    loader = DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False, num_workers=0)
+    preds, max_probs = [], []
+    for _, probs, _ in predict_batches(model, loader, runtime):
+        preds.append((probs[:, 0] > cfg.evaluate.threshold).numpy().astype(np.uint8))
+        max_probs.append(probs.amax(dim=(1, 2, 3)).numpy())
+    return SplitPredictions(
+        table=dataset.table, truth=np.asarray(dataset.masks), pred=np.concatenate(preds),
+        max_prob=np.concatenate(max_probs), images=dataset.images,
+    )
+
+
+def keep_largest_component(pred: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """Per patient, keep only the largest 3-D connected component (slices in slice order)."""
+    out = np.zeros_like(pred)
+    for _, rows in table.groupby("patient_id", sort=False):
+        order = rows.sort_values("slice").index.to_numpy()
+        out[order] = largest_component_3d(pred[order])
+    return out
+
+
+def count_table(truth: np.ndarray, pred: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    import torch
+
+    acc = SliceCountAccumulator()
+    acc.add(torch.from_numpy(pred[:, None].astype(np.int64)), torch.from_numpy(truth[:, None].astype(np.int64)),
+            table["patient_id"].astype(str).tolist(), table["slice"].astype(int).tolist())
+    return acc.table()
+
+
+def detection_scores(p: SplitPredictions, min_area: int) -> np.ndarray:
+    """Slice score: max probability, zeroed where the predicted area is below `min_area` pixels."""
+    area = p.pred.reshape(len(p.pred), -1).sum(axis=1)
+    return np.where(area >= min_area, p.max_prob, 0.0)
+
+
+def choose_detection_rule(val: SplitPredictions) -> tuple[int, float]:
+    """(min_area, threshold) maximising Youden's J on the val split."""
+    labels = (val.truth.reshape(len(val.truth), -1).max(axis=1) > 0).astype(int)
+    scale = (val.truth.shape[1] / 256) ** 2
+    best: tuple[float, int, float] | None = None
+    for candidate in MIN_AREA_CANDIDATES:
+        min_area = int(round(candidate * scale))
+        scores = detection_scores(val, min_area)
+        threshold = choose_detection_threshold(scores, labels)
+        m = detection_metrics(scores, labels, threshold)
+        j = m["detection_sensitivity"] + m["detection_specificity"] - 1
+        if best is None or j > best[0] + 1e-12:
+            best = (j, min_area, threshold)
+    assert best is not None
+    return best[1], best[2]
+
+
+def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
+    """Test-split metrics, per-patient table, ROC, figures; logged into the training run; model registered."""
+    model_dir, report_dir = paths.model_dir(arch), paths.report_dir(arch)
+    model, checkpoint = load_checkpoint(model_dir / "best.pt")
+    train_summary = json.loads((model_dir / "train_summary.json").read_text())
+    val, test = (predict_split(model, paths, s, cfg) for s in ("val", "test"))
+    train_patients = pd.read_csv(paths.processed_split("train") / "slices.csv", usecols=["patient_id"])["patient_id"]
+    check_no_leak({"train": train_patients, "val": val.table["patient_id"], "test": test.table["patient_id"]})
+
+    per_patient, metrics = _segmentation_metrics(test, cfg)
+    min_area, threshold = choose_detection_rule(val)
+    test_labels = (test.truth.reshape(len(test.truth), -1).max(axis=1) > 0).astype(int)
+    test_scores = detection_scores(test, min_area)
+    metrics.update(detection_metrics(test_scores, test_labels, threshold))
+    metrics["detection_min_area"] = min_area
+    metrics["val_dice_patient"] = train_summary["val_dice_patient"]
+    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+
+    write_json(report_dir / "metrics.json", metrics)
+    write_csv(report_dir / "per_patient.csv", per_patient)
+    roc = roc_points(test_scores, test_labels) if test_labels.min() != test_labels.max() else pd.DataFrame(columns=["fpr", "tpr", "threshold"])
+    write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
+    figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
+
+    _log_to_mlflow(cfg, arch, paths, model, checkpoint, metrics, figures, train_summary)
+    return metrics
+
+
+def _segmentation_metrics(test: SplitPredictions, cfg: Config) -> tuple[pd.DataFrame, dict]:
+    counts = count_table(test.truth, test.pred, test.table)
+    metrics = segmentation_summary(counts)
+    per_patient = patient_table(counts)
+    if cfg.evaluate.largest_component:
+        lcc = keep_largest_component(test.pred, test.table)
+        lcc_counts = count_table(test.truth, lcc, test.table)
+        metrics.update({f"lcc_{k}": v for k, v in segmentation_summary(lcc_counts).items() if k.startswith(("dice", "iou"))})
+        per_patient["dice_lcc"] = patient_table(lcc_counts)["dice"].to_numpy()
+    institutions = test.table.groupby("patient_id")["institution"].first()
+    per_patient.insert(1, "institution", per_patient["patient_id"].map(institutions))
+    return per_patient, metrics
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_figures(arch, test: SplitPredictions, per_patient: pd.DataFrame, metrics: dict, roc: pd.DataFrame,
+                   paths: Paths, cfg: Config) -> list[Path]:
+    fig_dir = paths.report_dir(arch) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written = [reports.plot_dice_per_patient(per_patient, fig_dir / "dice_per_patient.png",
+                                             title=f"{arch}: per-patient Dice on test patients")]
+    history_path = paths.report_dir(arch) / "train_history.csv"
+    if history_path.is_file():
+        written.append(reports.plot_training_history(pd.read_csv(history_path), fig_dir / "train_history.png",
+                                                     title=f"{arch}: training"))
+    if len(roc):
+        written.append(reports.plot_roc(roc, metrics["detection_auc"] or float("nan"), fig_dir / "roc.png",
+                                        title=f"{arch}: tumor detection per slice (test)"))
+    flair = flair_view(test.images)
+    for label, patient_id in _showcase_patients(per_patient, cfg.evaluate.figures_patients):
+        rows = test.table.index[test.table["patient_id"] == patient_id].to_numpy()
+        dice = per_patient.set_index("patient_id").loc[patient_id, "dice"]
+        args = (flair[rows], test.truth[rows], test.pred[rows], test.table.loc[rows, "slice"].tolist())
+        title = f"{arch} | {label} test patient {patient_id} | volume Dice {dice:.3f}"
+        written.append(reports.plot_patient_overlays(*args, title=title, out_path=fig_dir / f"overlay_{label}.png"))
+        written.append(reports.plot_patient_montage(*args, title=title, out_path=fig_dir / f"montage_{label}.png"))
+    return written
+
+
+def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str, str]]:
+    """Best, median and worst test patients by volume Dice (fewer when count < 3)."""
+    ranked = per_patient.sort_values("dice", ascending=False, kind="stable")["patient_id"].tolist()
+    picks = [("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])]
+    return picks[: max(0, count)]
+
+
+def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict, metrics: dict,
+                   figures: list[Path], train_summary: dict) -> None:
+    tracker = Tracker(cfg.mlflow, paths.root)
+    run_id = read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
+    report_dir = paths.report_dir(arch)
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None}, prefix="test_")
+    tracker.log_params(run_id, {f"evaluate.{k}": v for k, v in cfg.section("evaluate").items()})
+    tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "per_patient.csv", "roc.csv")], "evaluation")
+    tracker.log_artifacts(run_id, figures, "evaluation/figures")
+    record: dict = {"run_id": run_id, "registered": False}
+    if cfg.mlflow.register:
+        spec = checkpoint["spec"]
+        example = np.zeros((1, spec["in_channels"], *_image_size(paths)), dtype=np.float32)
+        model_uri = tracker.log_model(run_id, model.cpu().eval(), example)
+        tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
+                "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
+                "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id}
+        version = tracker.register(model_uri, f"lgg-{arch}", "candidate", tags)
+        record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": f"lgg-{arch}",
+                  "version": version, "alias": "candidate"}
+    tracker.end_run(run_id)
+    write_json(report_dir / "mlflow_model.json", record)
+
+
+def _image_size(paths: Paths) -> tuple[int, int]:
+    manifest = json.loads((paths.processed / "manifest.json").read_text())
+    return manifest["size"], manifest["size"]
+
+
+def compare_architectures(cfg: Config, paths: Paths) -> dict:
+    """Side-by-side table of all architectures; the champion is the best per-patient VAL Dice."""
+    rows, records = [], {}
+    for arch in cfg.model.architectures:
+        metrics_path = paths.report_dir(arch) / "metrics.json"
+        if not metrics_path.is_file():
+            raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
+        rows.append({"architecture": arch, **json.loads(metrics_path.read_text())})
+        records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
+    table = reports.comparison_table(rows)
+    champion = str(table.iloc[0]["architecture"])  # sorted by val_dice_patient, best first
+    written = reports.write_comparison(table, paths.reports, champion=champion)
+    record = records[champion]
+    if cfg.mlflow.register and record.get("registered"):
+        tracker = Tracker(cfg.mlflow, paths.root)
+        version = tracker.register(record["model_uri"], CHAMPION_MODEL, "champion", {
+            "architecture": champion, "source_model": f"{record['registered_model']}/{record['version']}",
+            "val_dice_patient": f"{table.iloc[0]['val_dice_patient']:.4f}", **git_state(paths.root),
+        })
+        print(f"registered {CHAMPION_MODEL} version {version} (@champion) = {champion}")
+    return {"table": table, "champion": champion, "markdown": written["markdown"]}

@@ -1,0 +1,86 @@
+"""One function per DVC stage: read inputs, call the library, write outputs. The CLI and
+`stages/<name>.py` both call these."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+
+from lggseg.atomic import write_csv, write_json
+from lggseg.config import Config
+from lggseg.data.acquire import acquire
+from lggseg.data.layout import build_index
+from lggseg.data.preprocess import preprocess_dataset
+from lggseg.data.split import make_splits, split_summary
+from lggseg.paths import SPLITS, Paths
+
+log = logging.getLogger(__name__)
+
+
+def download(cfg: Config, paths: Paths) -> None:
+    dataset = acquire(cfg.data, paths.dataset, paths.default_archive)
+    patients = sum(1 for p in dataset.iterdir() if p.is_dir())
+    print(f"data set ready: {dataset} ({patients} patient folders)")
+
+
+def index(cfg: Config, paths: Paths) -> None:
+    slices, dropped = build_index(paths.dataset, strict=cfg.data.index.strict)
+    write_csv(paths.slices_csv, slices)
+    write_csv(paths.dropped_csv, dropped)
+    print(f"indexed {len(slices)} slices of {slices['patient_id'].nunique()} patients "
+          f"({int(slices['has_tumor'].sum())} with tumor) -> {paths.slices_csv}"
+          + (f"; dropped {len(dropped)} file(s), see {paths.dropped_csv}" if len(dropped) else ""))
+
+
+def read_slices(paths: Paths) -> pd.DataFrame:
+    if not paths.slices_csv.is_file():
+        raise FileNotFoundError(f"{paths.slices_csv} is missing (run the index stage)")
+    return pd.read_csv(paths.slices_csv)
+
+
+def read_splits(paths: Paths) -> dict:
+    if not paths.splits_json.is_file():
+        raise FileNotFoundError(f"{paths.splits_json} is missing (run the split stage)")
+    return json.loads(paths.splits_json.read_text())
+
+
+def split(cfg: Config, paths: Paths) -> None:
+    slices = read_slices(paths)
+    splits = make_splits(slices, cfg.split)
+    summary = split_summary(slices, splits)
+    write_json(paths.splits_json, splits)
+    write_json(paths.split_summary, summary)
+    print(pd.DataFrame(summary).T.to_string())
+
+
+def preprocess(cfg: Config, paths: Paths) -> None:
+    manifest = preprocess_dataset(read_slices(paths), read_splits(paths), paths.dataset, paths.processed, cfg.preprocess)
+    counts = ", ".join(f"{s} {manifest['splits'][s]['slices']}" for s in SPLITS)
+    print(f"preprocessed to {cfg.preprocess.size}x{cfg.preprocess.size}x{manifest['in_channels']} uint8 ({counts}) "
+          f"-> {paths.processed}")
+
+
+def train(cfg: Config, paths: Paths, arch: str) -> None:
+    from lggseg.training import train_architecture
+
+    summary = train_architecture(cfg, arch, paths)
+    print(f"{arch}: best val per-patient Dice {summary['val_dice_patient']:.4f} at epoch {summary['best_epoch'] + 1} "
+          f"(MLflow run {summary['run_id']})")
+
+
+def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
+    from lggseg.evaluation import evaluate_architecture
+
+    metrics = evaluate_architecture(cfg, arch, paths)
+    print(f"{arch}: test per-patient Dice {metrics['dice_patient_mean']:.4f} (median {metrics['dice_patient_median']:.4f}), "
+          f"per-slice {metrics['dice_slice_mean']:.4f}, detection AUC {metrics['detection_auc']:.3f}")
+
+
+def compare(cfg: Config, paths: Paths) -> None:
+    from lggseg.evaluation import compare_architectures
+
+    result = compare_architectures(cfg, paths)
+    print(result["table"].to_string(index=False))
+    print(f"champion (best val per-patient Dice): {result['champion']} -> {result['markdown']}")

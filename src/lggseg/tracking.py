@@ -1,0 +1,202 @@
+"""The one place that talks to MLflow: store location, runs, metrics, artifacts, model registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from lggseg.atomic import write_json
+from lggseg.config import MlflowConfig
+
+log = logging.getLogger(__name__)
+
+DVC_TEMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+MODEL_PIP_REQUIREMENTS = ["torch", "segmentation-models-pytorch"]
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be reached or used."""
+
+
+def project_root(start: Path) -> Path:
+    """The repository whose `mlruns/` a run logs into. `dvc exp run --temp/--queue` runs in a copy
+    under `<repo>/.dvc/tmp/exps/`; those runs still log into the repo's own store."""
+    text = str(Path(start).resolve())
+    marker = text.find(DVC_TEMP_MARKER)
+    return Path(text[:marker]) if marker >= 0 else Path(text)
+
+
+def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else `mlflow.tracking_uri`, else sqlite under the repo's mlruns/."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    if uri:
+        return uri
+    store = project_root(root) / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Commit and dirty flag of the working tree (empty when not a git checkout)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def environment_tags() -> dict[str, str]:
+    """DVC's stage and experiment context when the run happens inside `dvc repro` / `dvc exp run`."""
+    tags = {}
+    for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+class Tracker:
+    """An MLflow client bound to one store and experiment, created once per stage."""
+
+    def __init__(self, cfg: MlflowConfig, root: Path):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.cfg = cfg
+        self.root = project_root(root)
+        self.uri = resolve_tracking_uri(cfg, root)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.experiment_id = self._experiment()
+
+    def _experiment(self) -> str:
+        """Get or create the experiment; this is also the early connectivity check."""
+        try:
+            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+            if experiment is not None:
+                return experiment.experiment_id
+            artifacts = None
+            if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                artifacts = (self.root / "mlruns" / "artifacts").as_uri()
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+        except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
+            raise TrackingError(
+                f"cannot use the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
+                f"{type(exc).__name__}: {_redact(str(exc))[:300]}. Check MLFLOW_TRACKING_URI / mlflow.tracking_uri."
+            ) from None
+
+    # runs -----------------------------------------------------------------------------------------
+
+    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], run_id: str | None = None) -> str:
+        """A new run (or the existing `run_id`, when resuming) with params and tags logged."""
+        if run_id is not None:
+            try:
+                self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+                self.set_tags(run_id, tags)
+                return run_id
+            except Exception:
+                log.warning("MLflow run %s not found in %s; starting a new one", run_id, _redact(self.uri))
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+        """Numeric metrics only (NaN/inf and non-numbers are skipped with a debug note)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+                continue
+            if not np.isfinite(value):
+                log.debug("skipping non-finite metric %s=%s", key, value)
+                continue
+            items.append(Metric(prefix + key, float(value), now, step or 0))
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            path = Path(path)
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # models ---------------------------------------------------------------------------------------
+
+    def log_model(self, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
+        """Log a torch model into the run; returns its `models:/<model_id>` URI."""
+        with self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            info = self._mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example,
+                pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle",
+            )
+        # start_run(run_id=...) ends the run on exit: put the status back to what the stage decides
+        self.client.update_run(run_id, status="RUNNING")
+        return info.model_uri
+
+    def register(self, model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
+        """A new version of registered model `name` for `model_uri`, with `alias` moved to it."""
+        version = self._mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return version.version
+
+    def load_model(self, model_uri: str, device: str = "cpu"):
+        """Load a logged or registered torch model (`models:/lgg-segmentation@champion`, `models:/lgg-unet/1`)."""
+        return self._mlflow.pytorch.load_model(model_uri, map_location=device)
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+def _redact(text: str) -> str:
+    """Hide `user:password@` in URIs so credentials never reach logs or errors."""
+    import re
+
+    return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
+
+
+def save_run_pointer(path: Path, run_id: str, tracking_uri: str, experiment: str) -> Path:
+    """`models/<arch>/mlflow_run.json`: how evaluation finds the training run."""
+    return write_json(path, {"run_id": run_id, "tracking_uri": _redact(tracking_uri), "experiment": experiment})
+
+
+def read_run_pointer(path: Path) -> dict[str, str]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no MLflow run pointer (run the train stage first)")
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,231 @@
+"""The training loop: epochs, validation with per-patient Dice, best/last checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lggseg.atomic import write_csv, write_json
+from lggseg.config import Config, TrainConfig
+from lggseg.data.augment import build_augmentation
+from lggseg.data.dataset import SliceDataset, seed_worker
+from lggseg.data.split import check_no_leak
+from lggseg.devices import Runtime, resolve_runtime, seed_everything
+from lggseg.inference import predict_batches
+from lggseg.metrics import SliceCountAccumulator, segmentation_summary
+from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
+from lggseg.paths import Paths
+from lggseg.tracking import Tracker, environment_tags, git_state, save_run_pointer
+
+log = logging.getLogger(__name__)
+
+TRAIN_SECTIONS = ("preprocess", "augment", "model", "train")
+HISTORY_COLUMNS = [
+    "epoch", "train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
+    "train_images_per_second",
+]
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # the next epoch to run (0-based)
+    best_dice: float = -math.inf
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    history: list[dict] | None = None
+    run_id: str | None = None
+
+
+def processed_manifest(paths: Paths) -> dict:
+    manifest_path = paths.processed / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} is missing (run the preprocess stage)")
+    return json.loads(manifest_path.read_text())
+
+
+def build_loss(name: str) -> torch.nn.Module:
+    """bce | dice | bce_dice, from smp.losses, all on logits."""
+    bce = smp.losses.SoftBCEWithLogitsLoss()
+    if name == "bce":
+        return bce
+    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    if name == "dice":
+        return dice
+
+    class BceDice(torch.nn.Module):
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return bce(logits, target) + dice(logits, target)
+
+    return BceDice()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    return None
+
+
+def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
+    transform = build_augmentation(cfg.augment, seed=cfg.train.seed)
+    train_set = SliceDataset(paths.processed, "train", transform=transform)
+    val_set = SliceDataset(paths.processed, "val")
+    check_no_leak({"train": train_set.patient_ids, "val": val_set.patient_ids})
+    if len(val_set) == 0:
+        raise ValueError("the val split is empty: model selection needs validation patients (split.val_fraction > 0)")
+    common = dict(
+        num_workers=cfg.train.num_workers, pin_memory=runtime.pin_memory, worker_init_fn=seed_worker,
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(train_set) > cfg.train.batch_size,
+                              generator=generator, **common)
+    val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, **common)
+    return train_loader, val_loader
+
+
+def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
+    """Train one architecture; writes models/<arch>/ and reports/<arch>/train_history.csv."""
+    tcfg = cfg.train
+    manifest = processed_manifest(paths)
+    spec = ModelSpec(arch=arch, encoder=cfg.model.encoder, encoder_weights=cfg.model.encoder_weights,
+                     in_channels=int(manifest["in_channels"]))
+    model_dir = paths.model_dir(arch)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = model_dir / "last.pt", model_dir / "best.pt"
+
+    tracker = Tracker(cfg.mlflow, paths.root)  # fails here, before any epoch, if the store is unreachable
+    runtime = resolve_runtime(tcfg.device)
+    generator = seed_everything(tcfg.seed)
+    train_loader, val_loader = make_loaders(cfg, paths, runtime, generator)
+
+    state = TrainingState(history=[])
+    if tcfg.resume and last_path.is_file():
+        model, checkpoint = load_checkpoint(last_path)
+        if checkpoint["spec"] != spec.to_dict():
+            raise ValueError(f"{last_path} was trained with {checkpoint['spec']}, not {spec.to_dict()}; "
+                             "set train.resume: false to start over")
+        state = TrainingState(**checkpoint["state"])
+        log.info("resuming %s from epoch %d", arch, state.epoch)
+    else:
+        model = create_model(spec)
+        checkpoint = None
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scheduler = build_scheduler(optimizer, tcfg)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint.get("scheduler"):
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        generator.set_state(checkpoint["loader_rng"])
+    loss_fn = build_loss(tcfg.loss)
+
+    tags = {
+        **git_state(paths.root), **environment_tags(), "architecture": arch, "data_fingerprint": manifest["fingerprint"],
+        "device": runtime.name, "data_source": cfg.data.source, "stage": "train",
+    }
+    params = {**cfg.flat(TRAIN_SECTIONS), "data.source": cfg.data.source, "train.architecture": arch,
+              "data.train_slices": len(train_loader.dataset), "data.val_slices": len(val_loader.dataset)}
+    state.run_id = tracker.start_run(arch, params, tags, run_id=state.run_id)
+    save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
+    write_json(model_dir / "model.json", spec.to_dict())
+    history_path = paths.report_dir(arch) / "train_history.csv"
+
+    status = "FAILED"
+    try:
+        while state.epoch < tcfg.epochs:
+            row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, state.epoch)
+            state.history.append(row)
+            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
+            improved = row["val_dice_patient"] > state.best_dice
+            if improved:
+                state.best_dice, state.best_epoch, state.epochs_without_improvement = row["val_dice_patient"], state.epoch, 0
+                save_checkpoint(best_path, model, spec, epoch=state.epoch, val_dice_patient=row["val_dice_patient"])
+            else:
+                state.epochs_without_improvement += 1
+            if scheduler is not None:
+                scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
+            state.epoch += 1
+            save_checkpoint(
+                last_path, model, spec, state=state.__dict__, optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
+            )
+            write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+            print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
+            if tcfg.early_stopping_patience and state.epochs_without_improvement >= tcfg.early_stopping_patience:
+                print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
+                      f"{tcfg.early_stopping_patience})", flush=True)
+                break
+        status = "FINISHED"
+    finally:
+        tracker.end_run(state.run_id, status=status)
+
+    summary = {
+        "architecture": arch, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+        "val_dice_patient": state.best_dice, "val_dice_slice": state.history[state.best_epoch]["val_dice_slice"],
+        "device": runtime.name, "run_id": state.run_id, "data_fingerprint": manifest["fingerprint"],
+    }
+    tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
+    write_json(model_dir / "train_summary.json", summary)
+    return summary
+
+
+def _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime: Runtime, cfg: TrainConfig, epoch: int) -> dict:
+    started = time.perf_counter()
+    model.train()
+    total_loss, seen = 0.0, 0
+    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
+    for batch in bar:
+        images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
+        optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast():
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+    train_seconds = time.perf_counter() - started
+    val = validate(model, val_loader, loss_fn, runtime, cfg.threshold)
+    return {
+        "epoch": epoch, "train_loss": total_loss / max(seen, 1), **val,
+        "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
+        "train_images_per_second": seen / max(train_seconds, 1e-9),
+    }
+
+
+def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: float) -> dict:
+    """Val loss, mean per-slice Dice and mean per-patient (3-D volume) Dice."""
+    counts = SliceCountAccumulator()
+    total_loss, seen = 0.0, 0
+    for logits, probs, batch in predict_batches(model, loader, runtime):
+        total_loss += loss_fn(logits, batch["mask"]).item() * len(logits)
+        seen += len(logits)
+        counts.add((probs > threshold).long(), batch["mask"].long(), batch["patient_id"], batch["slice"].tolist())
+    summary = segmentation_summary(counts.table())
+    return {"val_loss": total_loss / max(seen, 1), "val_dice_slice": summary["dice_slice_mean"],
+            "val_dice_patient": summary["dice_patient_mean"]}
+
+
+def _epoch_line(arch: str, row: dict, epochs: int, improved: bool) -> str:
+    return (f"{arch} epoch {row['epoch'] + 1}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val Dice slice {row['val_dice_slice']:.3f}  patient {row['val_dice_patient']:.3f}  "
+            f"{row['train_images_per_second']:.1f} img/s  {row['epoch_seconds']:.1f}s" + ("  *best" if improved else ""))

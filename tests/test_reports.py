@@ -1,0 +1,444 @@
+"""Tests for lggseg.reports: every figure is a real PNG on disk, tables format and order as documented,
+and writers are atomic (no temp files, old outputs survive a failure)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+
+from lggseg import reports
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SLICE_SIZE = 64
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def make_patient(n_slices: int = 10, *, with_tumor: bool = True, as_float: bool = False):
+    """Synthetic patient: noisy FLAIR with a bright disc in the middle slices; prediction slightly shifted."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:SLICE_SIZE, :SLICE_SIZE]
+    flair = (rng.random((n_slices, SLICE_SIZE, SLICE_SIZE)) * 80).astype(np.uint8)
+    truth = np.zeros(flair.shape, dtype=np.uint8)
+    pred = np.zeros(flair.shape, dtype=np.uint8)
+    if with_tumor:
+        for position in range(n_slices // 4, n_slices - n_slices // 4):
+            radius = 6 + 2 * min(position - n_slices // 4, n_slices - n_slices // 4 - 1 - position)
+            truth[position] = (yy - 30) ** 2 + (xx - 32) ** 2 < radius**2
+            pred[position] = (yy - 32) ** 2 + (xx - 33) ** 2 < (0.9 * radius) ** 2
+            flair[position][truth[position] > 0] = 210
+    if as_float:
+        flair = flair.astype(np.float32) / 255.0
+    slice_numbers = list(range(1, n_slices + 1))
+    return flair, truth, pred, slice_numbers
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Assert ``path`` is a PNG of sensible size and return its RGB pixels."""
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    height, width = image.shape[:2]
+    assert 200 <= height <= 6000 and 200 <= width <= 6000, f"odd image size {width}x{height}"
+    return image[..., :3]
+
+
+def count_color(image: np.ndarray, color: str, tolerance: float = 0.15) -> int:
+    distance = np.abs(image - np.asarray(to_rgb(color))).max(axis=-1)
+    return int((distance < tolerance).sum())
+
+
+def leftover_temp_files(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.name.startswith(".") or path.suffix == ".tmp"]
+
+
+def comparison_rows() -> list[dict]:
+    return [
+        {
+            "architecture": "fpn",
+            "val_dice_patient": 0.8012,
+            "dice_patient_mean": 0.81,
+            "dice_pooled": 0.8299,
+            "detection_auc": 0.95,
+            "epochs": 30,
+        },
+        {
+            "architecture": "unet",
+            "val_dice_patient": 0.8234,
+            "dice_patient_mean": 0.82,
+            "dice_pooled": 0.8461,
+            "detection_auc": 0.9611,
+            "epochs": 30,
+            "detection_sensitivity": 0.9004,
+        },
+        {
+            "architecture": "linknet",
+            "val_dice_patient": 0.7,
+            "dice_patient_mean": 0.69,
+            "dice_pooled": 0.71,
+            "detection_auc": 0.9,
+            "epochs": 25,
+        },
+    ]
+
+
+def history_frame(n_epochs: int = 8, *, with_lr: bool = True) -> pd.DataFrame:
+    epochs = np.arange(1, n_epochs + 1)
+    frame = pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": np.linspace(1.0, 0.2, n_epochs),
+            "val_loss": np.linspace(1.1, 0.4, n_epochs),
+            "val_dice_slice": np.linspace(0.3, 0.75, n_epochs),
+            "val_dice_patient": np.linspace(0.4, 0.8, n_epochs),
+        }
+    )
+    if with_lr:
+        frame["lr"] = np.geomspace(1e-3, 1e-5, n_epochs)
+    return frame
+
+
+# ----------------------------------------------------------------------------------------- patient views
+
+
+@pytest.mark.parametrize("as_float", [False, True], ids=["uint8", "float"])
+def test_overlays_write_png_with_both_contour_colours(tmp_path, as_float):
+    flair, truth, pred, slice_numbers = make_patient(as_float=as_float)
+    out = reports.plot_patient_overlays(
+        flair, truth, pred, slice_numbers, title="TCGA_CS_4941_19960909", out_path=tmp_path / "overlay.png"
+    )
+    assert out == tmp_path / "overlay.png"
+    image = read_png(out)
+
+    empty_flair, empty_truth, empty_pred, _ = make_patient(with_tumor=False, as_float=as_float)
+    legend_only = read_png(
+        reports.plot_patient_overlays(
+            empty_flair, empty_truth, empty_pred, slice_numbers, title="empty", out_path=tmp_path / "empty.png"
+        )
+    )
+    # Only the legend carries the colours when nothing is segmented; with tumor the contours add many more.
+    for color in (reports.TRUTH_COLOR, reports.PRED_COLOR):
+        assert count_color(image, color) > 3 * count_color(legend_only, color) > 0
+
+
+def test_overlays_of_patient_without_any_tumor(tmp_path):
+    flair, truth, pred, slice_numbers = make_patient(with_tumor=False)
+    out = reports.plot_patient_overlays(
+        flair, truth, pred, slice_numbers, title="no tumor", out_path=tmp_path / "overlay.png"
+    )
+    read_png(out)
+
+
+def test_overlays_with_more_requested_slices_than_the_patient_has(tmp_path):
+    flair, truth, pred, slice_numbers = make_patient(n_slices=2)
+    out = reports.plot_patient_overlays(
+        flair, truth, pred, slice_numbers, title="short", out_path=tmp_path / "overlay.png", n_slices=6
+    )
+    two_panels = read_png(out)
+    flair6, truth6, pred6, numbers6 = make_patient(n_slices=12)
+    six_panels = read_png(
+        reports.plot_patient_overlays(
+            flair6, truth6, pred6, numbers6, title="long", out_path=tmp_path / "six.png", n_slices=6
+        )
+    )
+    # Two panels sit in one row; six fill a 3 x 2 grid, so the figure is about twice as tall.
+    assert six_panels.shape[0] > 1.5 * two_panels.shape[0]
+
+
+def test_select_tumor_slices_picks_largest_tumor_in_slice_order():
+    truth = np.zeros((6, 8, 8), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[4, :4, :4] = 1  # 16 px
+    pred[1, :3, :3] = 1  # 9 px, prediction only still counts
+    truth[2, 0, 0] = 1  # 1 px
+    pred[2, 0, 0] = 1  # same pixel: union stays 1 px
+    assert reports.select_tumor_slices(truth, pred, 2).tolist() == [1, 4]
+    assert reports.select_tumor_slices(truth, pred, 3).tolist() == [1, 2, 4]
+    assert reports.select_tumor_slices(truth, pred, 10).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_select_tumor_slices_of_empty_patient_prefers_middle_slices():
+    empty = np.zeros((9, 4, 4), dtype=np.uint8)
+    assert reports.select_tumor_slices(empty, empty, 3).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="n_slices"):
+        reports.select_tumor_slices(empty, empty, 0)
+
+
+def test_panel_title_reports_per_slice_dice_or_empty():
+    truth = np.zeros((4, 4), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    assert reports.panel_title(17, truth, pred) == "slice 17  empty"
+    truth[0, :2] = 1  # 2 px
+    pred[0, :1] = 1  # 1 px overlapping -> Dice = 2*1/3
+    assert reports.panel_title(3, truth, pred) == "slice 3  Dice 0.67"
+    assert reports.panel_title(3, truth, np.zeros_like(truth)) == "slice 3  Dice 0.00"
+
+
+def test_montage_grid_follows_columns(tmp_path):
+    flair, truth, pred, slice_numbers = make_patient(n_slices=16)
+    wide = read_png(
+        reports.plot_patient_montage(
+            flair, truth, pred, slice_numbers, title="wide", out_path=tmp_path / "wide.png", columns=8
+        )
+    )
+    tall = read_png(
+        reports.plot_patient_montage(
+            flair, truth, pred, slice_numbers, title="tall", out_path=tmp_path / "tall.png", columns=2
+        )
+    )
+    assert wide.shape[1] > wide.shape[0]  # 8 x 2 panels
+    assert tall.shape[0] > 2 * tall.shape[1]  # 2 x 8 panels
+    assert count_color(wide, reports.TRUTH_COLOR) > 0 and count_color(wide, reports.PRED_COLOR) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f, t, p, s: (f, t[:, :10], p, s), "shape mismatch"),
+        (lambda f, t, p, s: (f, t, p, s[:-1]), "slices"),
+        (lambda f, t, p, s: (f.astype(np.float32), t, p, s), r"\[0, 1\]"),  # 0..255 floats are not [0, 1]
+        (lambda f, t, p, s: (f, t * 3, p, s), "binary"),
+        (lambda f, t, p, s: (f[0], t[0], p[0], s), r"\(S, H, W\)"),
+    ],
+    ids=["mask-shape", "slice-count", "float-range", "non-binary", "2d"],
+)
+def test_patient_views_reject_bad_input(tmp_path, change, message):
+    arrays = change(*make_patient())
+    for plot in (reports.plot_patient_overlays, reports.plot_patient_montage):
+        with pytest.raises(ValueError, match=message):
+            plot(*arrays, title="bad", out_path=tmp_path / "bad.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_figures_are_identical_when_rendered_from_threads(tmp_path):
+    """No pyplot state: concurrent renders must not bleed into each other."""
+    flair, truth, pred, slice_numbers = make_patient()
+    serial = reports.plot_patient_overlays(
+        flair, truth, pred, slice_numbers, title="patient", out_path=tmp_path / "serial.png"
+    ).read_bytes()
+    errors: list[BaseException] = []
+
+    def render(index: int) -> None:
+        try:
+            reports.plot_patient_overlays(
+                flair, truth, pred, slice_numbers, title="patient", out_path=tmp_path / f"thread{index}.png"
+            )
+        except BaseException as error:  # collected and re-raised in the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=render, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for index in range(4):
+        assert (tmp_path / f"thread{index}.png").read_bytes() == serial
+
+
+def test_no_pyplot_figures_are_left_open(tmp_path):
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    flair, truth, pred, slice_numbers = make_patient()
+    reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
+    reports.plot_training_history(history_frame(), tmp_path / "h.png", title="h")
+    assert plt.get_fignums() == []
+
+
+# --------------------------------------------------------------------------------------- metric figures
+
+
+@pytest.mark.parametrize("with_institution", [True, False])
+def test_dice_per_patient_writes_png(tmp_path, with_institution):
+    per_patient = pd.DataFrame(
+        {
+            "patient_id": [f"TCGA_CS_{index:04d}_20000101" for index in range(12)],
+            "dice": np.linspace(0.3, 0.95, 12),
+        }
+    )
+    per_patient.loc[5, "dice"] = np.nan  # e.g. undefined Dice must not crash the chart
+    if with_institution:
+        per_patient["institution"] = ["CS", "DU", "HT"] * 4
+    out = reports.plot_dice_per_patient(per_patient, tmp_path / "dice.png")
+    assert out == tmp_path / "dice.png"
+    read_png(out)
+
+
+def test_dice_per_patient_missing_column_keeps_old_file(tmp_path):
+    out = tmp_path / "dice.png"
+    good = pd.DataFrame({"patient_id": ["a", "b"], "dice": [0.8, 0.6]})
+    reports.plot_dice_per_patient(good, out)
+    before = out.read_bytes()
+    with pytest.raises(KeyError, match="dice"):
+        reports.plot_dice_per_patient(good.rename(columns={"dice": "volume_dice"}), out)
+    assert out.read_bytes() == before
+    assert leftover_temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("with_lr", [True, False])
+def test_training_history_writes_png(tmp_path, with_lr):
+    history = history_frame(with_lr=with_lr)
+    history.loc[[1, 3], ["val_loss", "val_dice_slice", "val_dice_patient"]] = np.nan  # validation skipped
+    read_png(reports.plot_training_history(history, tmp_path / "history.png", title="unet"))
+
+
+def test_training_history_single_epoch(tmp_path):
+    read_png(reports.plot_training_history(history_frame(1), tmp_path / "history.png", title="unet"))
+
+
+def test_training_history_missing_column_names_it(tmp_path):
+    out = tmp_path / "history.png"
+    reports.plot_training_history(history_frame(), out, title="unet")
+    before = out.read_bytes()
+    with pytest.raises(KeyError, match="val_dice_patient"):
+        reports.plot_training_history(history_frame().drop(columns="val_dice_patient"), out, title="unet")
+    assert out.read_bytes() == before
+
+
+def test_roc_writes_png(tmp_path):
+    fpr = np.linspace(0, 1, 30)
+    roc = pd.DataFrame({"fpr": fpr, "tpr": np.sqrt(fpr)})
+    read_png(reports.plot_roc(roc, 0.912, tmp_path / "roc.png", title="slice detection"))
+    with pytest.raises(KeyError, match="tpr"):
+        reports.plot_roc(roc[["fpr"]], 0.912, tmp_path / "roc2.png", title="x")
+    assert not (tmp_path / "roc2.png").exists()
+
+
+# ------------------------------------------------------------------------------------------- comparison
+
+
+def test_comparison_table_orders_columns_and_rows():
+    table = reports.comparison_table(comparison_rows())
+    assert table["architecture"].tolist() == ["unet", "fpn", "linknet"]
+    assert table.columns.tolist() == [
+        "architecture",
+        "val_dice_patient",
+        "dice_patient_mean",
+        "dice_pooled",
+        "detection_sensitivity",
+        "detection_auc",
+        "epochs",
+    ]
+    assert np.isnan(table.loc[table["architecture"] == "fpn", "detection_sensitivity"].item())
+
+
+def test_comparison_table_rejects_incomplete_or_duplicate_rows():
+    rows = comparison_rows()
+    del rows[1]["val_dice_patient"]
+    with pytest.raises(KeyError, match="val_dice_patient"):
+        reports.comparison_table(rows)
+    with pytest.raises(ValueError, match="fpn"):
+        reports.comparison_table(comparison_rows() + [comparison_rows()[0]])
+    with pytest.raises(ValueError):
+        reports.comparison_table([])
+
+
+def test_write_comparison_markdown_csv_and_chart(tmp_path):
+    table = reports.comparison_table(comparison_rows())
+    paths = reports.write_comparison(table, tmp_path / "compare", champion="unet")
+    assert paths == {
+        "markdown": tmp_path / "compare" / "comparison.md",
+        "csv": tmp_path / "compare" / "comparison.csv",
+        "chart": tmp_path / "compare" / "comparison.png",
+    }
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    for architecture in ("unet", "fpn", "linknet"):
+        assert architecture in markdown
+
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    unet_row = next(line for line in table_lines if "unet" in line)
+    fpn_row = next(line for line in table_lines if "fpn" in line)
+    unet_cells = [cell.strip() for cell in unet_row.strip("|").split("|")]
+    # 0.8234 -> 82.3, 0.82 -> 82.0 (trailing zero kept), 0.8461 -> 84.6, AUC 3 decimals, counts untouched.
+    assert unet_cells == ["**unet** (champion)", "82.3", "82.0", "84.6", "90.0", "0.961", "30"]
+    assert "champion" not in fpn_row
+    assert "n/a" in fpn_row  # fpn has no detection_sensitivity
+    assert sum("champion" in line for line in table_lines) == 1
+    header = [cell.strip() for cell in table_lines[0].strip("|").split("|")]
+    assert header[0] == "architecture" and header[1] == "val_dice_patient (%)" and "detection_auc" in header
+
+    assert "VALIDATION" in markdown and "never by test" in markdown
+    assert "Buda et al. 2019" in markdown and "84 ± 2%" in markdown and "82-84%" in markdown
+    assert "](comparison.png)" in markdown
+
+    round_trip = pd.read_csv(paths["csv"])
+    pd.testing.assert_frame_equal(round_trip, table, check_exact=True)
+
+    read_png(paths["chart"])
+    assert leftover_temp_files(tmp_path / "compare") == []
+
+
+def test_write_comparison_without_champion(tmp_path):
+    table = reports.comparison_table(comparison_rows())
+    paths = reports.write_comparison(table, tmp_path, champion=None)
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "(champion)" not in markdown
+    assert "No champion" in markdown
+
+
+def test_write_comparison_failure_keeps_previous_outputs(tmp_path):
+    table = reports.comparison_table(comparison_rows())
+    paths = reports.write_comparison(table, tmp_path, champion="unet")
+    before = {name: path.read_bytes() for name, path in paths.items()}
+
+    with pytest.raises(ValueError, match="resnet"):
+        reports.write_comparison(table, tmp_path, champion="resnet")
+    with pytest.raises(KeyError, match="val_dice_patient"):
+        reports.write_comparison(table.drop(columns="val_dice_patient"), tmp_path, champion="unet")
+
+    assert {name: path.read_bytes() for name, path in paths.items()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["comparison.csv", "comparison.md", "comparison.png"]
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+
+
+def test_render_failure_midway_keeps_old_png(tmp_path, monkeypatch):
+    flair, truth, pred, slice_numbers = make_patient()
+    out = reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
+    before = out.read_bytes()
+
+    def broken_savefig(self, fname, **kwargs):
+        fname.write(PNG_MAGIC + b"half a picture")
+        raise RuntimeError("disk full while rendering")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=out)
+    assert out.read_bytes() == before
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_failed_replace_removes_temp_file_and_keeps_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "table.csv"
+    out.write_bytes(b"old,good\n")
+
+    def broken_replace(source, target):
+        raise OSError(f"cannot replace {target}")
+
+    monkeypatch.setattr(reports.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="table.csv"):
+        reports._atomic_write_bytes(out, b"new")
+    assert out.read_bytes() == b"old,good\n"
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_atomic_write_creates_folder_and_leaves_only_the_target(tmp_path):
+    out = tmp_path / "nested" / "deeper" / "file.bin"
+    assert reports._atomic_write_bytes(out, b"payload") == out
+    assert out.read_bytes() == b"payload"
+    assert list(out.parent.iterdir()) == [out]
+    umask = os.umask(0)
+    os.umask(umask)
+    # Permissions follow the umask like a plain open() (mkstemp would force 0600 on DVC outputs).
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
