@@ -72,3 +72,25 @@ def prepared_project(tmp_path_factory) -> Paths:
     for stage in (pipeline.download, pipeline.index, pipeline.split, pipeline.preprocess):
         stage(cfg, paths)
     return paths
+
+
+TRAINED_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def trained_project(prepared_project) -> tuple[Paths, Config]:
+    """prepared_project after train, evaluate (U-Net and FPN) and compare, all through pipeline stages."""
+    cfg = tiny_config(f"train.epochs={TRAINED_EPOCHS}")
+    for arch in cfg.model.architectures:
+        pipeline.train(cfg, prepared_project, arch)
+    for arch in cfg.model.architectures:
+        pipeline.evaluate(cfg, prepared_project, arch)
+    pipeline.compare(cfg, prepared_project)
+    return prepared_project, cfg
+
+
+def mlflow_client(paths: Paths):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{paths.root / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

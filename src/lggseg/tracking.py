@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -75,14 +77,14 @@ class Tracker:
         self.cfg = cfg
         self.root = project_root(root)
         self.uri = resolve_tracking_uri(cfg, root)
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
         self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
         """Get or create the experiment; this is also the early connectivity check."""
+        if self.uri.startswith(("http://", "https://")):
+            self._check_server()
         try:
             experiment = self.client.get_experiment_by_name(self.cfg.experiment)
             if experiment is not None:
@@ -95,6 +97,18 @@ class Tracker:
             raise TrackingError(
                 f"cannot use the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
                 f"{type(exc).__name__}: {_redact(str(exc))[:300]}. Check MLFLOW_TRACKING_URI / mlflow.tracking_uri."
+            ) from None
+
+    def _check_server(self, timeout: float = 5.0) -> None:
+        """One quick request instead of MLflow's retries with back-off (minutes) on a dead server."""
+        import requests
+
+        try:
+            requests.get(self.uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as exc:
+            raise TrackingError(
+                f"MLflow tracking server {_redact(self.uri)} is not reachable ({type(exc).__name__}); "
+                "start it, fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or unset them to use the local store."
             ) from None
 
     # runs -----------------------------------------------------------------------------------------
@@ -159,7 +173,7 @@ class Tracker:
 
     def log_model(self, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
         """Log a torch model into the run; returns its `models:/<model_id>` URI."""
-        with self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+        with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
             info = self._mlflow.pytorch.log_model(
                 model, name=name, input_example=input_example,
                 pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle",
@@ -170,13 +184,33 @@ class Tracker:
 
     def register(self, model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
         """A new version of registered model `name` for `model_uri`, with `alias` moved to it."""
-        version = self._mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        with self._fluent():
+            version = self._mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
         self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
 
     def load_model(self, model_uri: str, device: str = "cpu"):
         """Load a logged or registered torch model (`models:/lgg-segmentation@champion`, `models:/lgg-unet/1`)."""
-        return self._mlflow.pytorch.load_model(model_uri, map_location=device)
+        with self._fluent():
+            return self._mlflow.pytorch.load_model(model_uri, map_location=device)
+
+    @contextlib.contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's global (fluent) API at this store for one call, then put it back:
+        `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI, which would leak into later stores."""
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        self._mlflow.set_tracking_uri(self.uri)
+        self._mlflow.set_registry_uri(self.uri)
+        try:
+            yield
+        finally:
+            self._mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or "")
+            self._mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or "")
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _param_value(value: Any) -> str:
@@ -186,8 +220,6 @@ def _param_value(value: Any) -> str:
 
 def _redact(text: str) -> str:
     """Hide `user:password@` in URIs so credentials never reach logs or errors."""
-    import re
-
     return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
 
 

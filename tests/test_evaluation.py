@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lggseg import pipeline
+from lggseg.data.preprocess import load_split, to_model_input
+from lggseg.tracking import Tracker
+
+from conftest import mlflow_client
+
+REQUIRED_METRICS = {
+    "dice_patient_mean", "dice_patient_median", "dice_slice_mean", "dice_positive_slices_mean", "dice_pooled",
+    "iou_patient_mean", "detection_accuracy", "detection_sensitivity", "detection_specificity", "detection_auc",
+}
+
+
+def test_metrics_json_holds_every_headline_number(trained_project):
+    paths, cfg = trained_project
+    for arch in cfg.model.architectures:
+        metrics = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
+        assert REQUIRED_METRICS <= set(metrics)
+        assert all(isinstance(metrics[k], float) and 0 <= metrics[k] <= 1 for k in REQUIRED_METRICS)
+        assert "lcc_dice_patient_mean" in metrics and metrics["detection_tp"] + metrics["detection_fn"] > 0
+    unet = json.loads((paths.report_dir("unet") / "metrics.json").read_text())
+    assert unet["dice_patient_mean"] > 0.5  # the trained U-Net segments held-out synthetic patients
+
+
+def test_per_patient_table_matches_the_headline(trained_project):
+    paths, cfg = trained_project
+    splits = json.loads(paths.splits_json.read_text())
+    for arch in cfg.model.architectures:
+        per_patient = pd.read_csv(paths.report_dir(arch) / "per_patient.csv")
+        metrics = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
+        assert sorted(per_patient["patient_id"]) == sorted(splits["test"])  # test patients only
+        assert per_patient["dice"].mean() == pytest.approx(metrics["dice_patient_mean"])
+        assert per_patient["dice_lcc"].mean() == pytest.approx(metrics["lcc_dice_patient_mean"])
+        roc = pd.read_csv(paths.report_dir(arch) / "roc.csv")
+        assert {"fpr", "tpr"} <= set(roc.columns) and roc["fpr"].is_monotonic_increasing
+
+
+def test_figures_are_written(trained_project):
+    paths, cfg = trained_project
+    for arch in cfg.model.architectures:
+        figures = {p.name for p in (paths.report_dir(arch) / "figures").glob("*.png")}
+        expected = {"dice_per_patient.png", "train_history.png", "roc.png"} | {
+            f"{kind}_{label}.png" for kind in ("overlay", "montage") for label in ("best", "median", "worst")}
+        assert expected <= figures
+        assert all((paths.report_dir(arch) / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+
+
+def test_test_metrics_and_artifacts_logged_into_the_training_run(trained_project):
+    paths, cfg = trained_project
+    client = mlflow_client(paths)
+    for arch in cfg.model.architectures:
+        run_id = json.loads((paths.model_dir(arch) / "mlflow_run.json").read_text())["run_id"]
+        run = client.get_run(run_id)
+        metrics = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
+        assert run.data.metrics["test_dice_patient_mean"] == pytest.approx(metrics["dice_patient_mean"])
+        assert run.data.metrics["test_detection_auc"] == pytest.approx(metrics["detection_auc"])
+        artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+        assert {"evaluation/metrics.json", "evaluation/per_patient.csv", "evaluation/figures"} <= artifacts
+        assert run.info.status == "FINISHED"
+
+
+def test_registry_holds_candidates_and_the_champion(trained_project):
+    paths, cfg = trained_project
+    client = mlflow_client(paths)
+    for arch in cfg.model.architectures:
+        version = client.get_model_version_by_alias(f"lgg-{arch}", "candidate")
+        assert version.tags["architecture"] == arch and float(version.tags["test_dice_patient_mean"]) >= 0
+        assert len(version.tags["data_fingerprint"]) == 16
+    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    val = {a: json.loads((paths.model_dir(a) / "train_summary.json").read_text())["val_dice_patient"]
+           for a in cfg.model.architectures}
+    assert champion.tags["architecture"] == max(val, key=val.get)  # chosen by validation, never by test
+    comparison = (paths.reports / "comparison.md").read_text()
+    assert all(arch in comparison for arch in cfg.model.architectures) and "(champion)" in comparison
+
+
+def test_registered_models_load_and_segment(trained_project):
+    paths, cfg = trained_project
+    tracker = Tracker(cfg.mlflow, paths.root)
+    images, masks, _ = load_split(paths.processed, "test")
+    positive = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1))[:8]
+    x = torch.from_numpy(to_model_input(images[positive]))
+    truth = torch.from_numpy(np.asarray(masks[positive])).bool()
+    for uri in ("models:/lgg-segmentation@champion", "models:/lgg-unet/1", "models:/lgg-fpn@candidate"):
+        model = tracker.load_model(uri).eval()
+        with torch.no_grad():
+            pred = torch.sigmoid(model(x))[:, 0] > 0.5
+        assert pred.shape == truth.shape
+        dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+        if uri != "models:/lgg-fpn@candidate":
+            assert dice > 0.5, (uri, float(dice))
+
+
+def test_rerunning_evaluation_adds_versions(trained_project):
+    paths, cfg = trained_project
+    client = mlflow_client(paths)
+    before = {int(v.version) for v in client.search_model_versions("name='lgg-unet'")}
+    pipeline.evaluate(cfg, paths, "unet")
+    pipeline.compare(cfg, paths)
+    after = {int(v.version) for v in client.search_model_versions("name='lgg-unet'")}
+    assert after == before | {max(before) + 1}
+    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(after)
+    champions = client.search_model_versions("name='lgg-segmentation'")
+    assert len(champions) >= 2

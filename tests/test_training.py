@@ -1,0 +1,109 @@
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from lggseg import pipeline
+from lggseg.devices import resolve_runtime, seed_everything
+from lggseg.models import ModelSpec, create_model
+from lggseg.paths import Paths
+from lggseg.tracking import TrackingError, read_run_pointer
+from lggseg.training import build_loss, make_loaders, validate
+
+from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
+
+EPOCH_METRICS = {"train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
+                 "train_images_per_second"}
+
+
+def test_unet_learns_well_above_initialisation(trained_project):
+    paths, cfg = trained_project
+    runtime = resolve_runtime("cpu")
+    generator = seed_everything(cfg.train.seed)
+    _, val_loader = make_loaders(cfg, paths, runtime, generator)
+    untrained = create_model(ModelSpec("unet", cfg.model.encoder, None, in_channels=3))
+    at_init = validate(untrained, val_loader, build_loss(cfg.train.loss), runtime, cfg.train.threshold)
+    history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
+    assert len(history) == TRAINED_EPOCHS and history["epoch"].tolist() == list(range(TRAINED_EPOCHS))
+    best = history["val_dice_patient"].max()
+    assert best > 0.6 and best > at_init["val_dice_patient"] + 0.4, (best, at_init)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+def test_model_dir_holds_rebuildable_checkpoints(trained_project):
+    paths, cfg = trained_project
+    for arch in cfg.model.architectures:
+        model_dir = paths.model_dir(arch)
+        assert {"best.pt", "last.pt", "model.json", "mlflow_run.json", "train_summary.json"} <= {
+            p.name for p in model_dir.iterdir()}
+        last = torch.load(model_dir / "last.pt", weights_only=False)
+        assert last["state"]["epoch"] == TRAINED_EPOCHS and "optimizer" in last
+        assert last["spec"] == {"arch": arch, "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
+                                "classes": 1}
+
+
+def test_mlflow_holds_both_runs_with_params_tags_and_epoch_metrics(trained_project):
+    paths, cfg = trained_project
+    client = mlflow_client(paths)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(cfg.model.architectures) <= set(by_name)
+    for arch in cfg.model.architectures:
+        run = by_name[arch]
+        assert run.info.run_id == read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
+        assert run.data.params["train.epochs"] == str(TRAINED_EPOCHS)
+        assert run.data.params["model.encoder"] == "resnet18" and run.data.params["train.loss"] == "bce_dice"
+        assert run.data.params["train.architecture"] == arch
+        tags = run.data.tags
+        assert tags["device"] == "cpu" and tags["data_source"] == "synthetic" and len(tags["data_fingerprint"]) == 16
+        assert "git_commit" in tags or not (paths.root / ".git").exists()
+        assert EPOCH_METRICS <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "val_dice_patient")
+        assert sorted(m.step for m in history) == list(range(TRAINED_EPOCHS))
+        csv = pd.read_csv(paths.report_dir(arch) / "train_history.csv")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(csv["val_dice_patient"].tolist())
+
+
+def test_validation_and_test_data_are_never_augmented(prepared_project):
+    cfg = tiny_config()
+    train_loader, val_loader = make_loaders(cfg, prepared_project, resolve_runtime("cpu"), seed_everything(0))
+    assert train_loader.dataset.transform is not None and val_loader.dataset.transform is None
+
+
+def test_resume_continues_the_interrupted_run(tmp_path, prepared_project):
+    root = tmp_path / "resume"
+    shutil.copytree(prepared_project.processed, root / "data" / "processed")
+    paths = Paths.at(root)
+    pipeline.train(tiny_config("train.epochs=1", "model.architectures=[unet]"), paths, "unet")
+    first_run = read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"]
+    pipeline.train(tiny_config("train.epochs=2", "train.resume=true"), paths, "unet")
+    history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    assert read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"] == first_run
+    metric = mlflow_client(paths).get_metric_history(first_run, "train_loss")
+    assert sorted(m.step for m in metric) == [0, 1]
+    with pytest.raises(ValueError, match="set train.resume: false"):
+        pipeline.train(tiny_config("train.epochs=3", "train.resume=true", "model.encoder=resnet34"), paths, "unet")
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, prepared_project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:hunter2@127.0.0.1:9")
+    paths = Paths.at(tmp_path)
+    shutil.copytree(prepared_project.processed, paths.processed)
+    with pytest.raises(TrackingError, match="not reachable") as err:
+        pipeline.train(tiny_config(), paths, "unet")
+    assert "hunter2" not in str(err.value)
+    assert not (paths.model_dir("unet") / "last.pt").exists()
+
+
+def test_leaky_processed_data_stops_training(tmp_path, prepared_project):
+    paths = Paths.at(tmp_path)
+    shutil.copytree(prepared_project.processed, paths.processed)
+    val = pd.read_csv(paths.processed_split("val") / "slices.csv")
+    train = pd.read_csv(paths.processed_split("train") / "slices.csv")
+    val.loc[0, "patient_id"] = train.loc[0, "patient_id"]
+    val.to_csv(paths.processed_split("val") / "slices.csv", index=False)
+    with pytest.raises(Exception, match="patient leakage"):
+        pipeline.train(tiny_config(), paths, "unet")
