@@ -16,7 +16,7 @@ export GIT_COMMITTER_EMAIL ?= demo@lggseg.invalid
 # Small settings: the demo runs in a few minutes on 2 CPU cores, offline, with no Kaggle account.
 DEMO_SETTINGS := \
 	-S data.source=synthetic \
-	-S data.synthetic.patients=16 -S data.synthetic.slices_min=20 -S data.synthetic.slices_max=24 \
+	-S data.synthetic.patients=24 -S data.synthetic.slices_min=20 -S data.synthetic.slices_max=24 \
 	-S preprocess.size=64 \
 	-S model.encoder=resnet18 -S model.encoder_weights=null \
 	-S train.epochs=8 -S train.batch_size=16 -S train.lr=0.002 -S train.loss=bce_dice -S train.num_workers=0 \
@@ -34,10 +34,10 @@ install: $(VENV)/.installed
 
 demo: install
 	HF_HUB_OFFLINE=1 dvc exp run $(DEMO_SETTINGS)
-	@dvc metrics show
 	@echo
+	@cat reports/comparison.md
 	@echo "Demo finished. Next:"
-	@echo "  reports/comparison.md           U-Net vs FPN, per-patient Dice first"
+	@echo "  reports/comparison.md           U-Net vs FPN, per-patient Dice first (dvc metrics show: every number)"
 	@echo "  reports/<arch>/figures/          overlays, montages, Dice per patient, ROC, training curves"
 	@echo "  dvc exp show / dvc plots show    experiments and plots (open dvc_plots/index.html)"
 	@echo "  make mlflow-ui                   MLflow UI at http://127.0.0.1:5000 (experiment lggseg-demo)"

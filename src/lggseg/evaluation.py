@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 MIN_AREA_CANDIDATES = (0, 5, 10, 20, 40, 80, 160)  # pixels at 256x256, scaled with the image size
 CHAMPION_MODEL = "lgg-segmentation"
+COMPARISON_METRICS = (  # the columns of reports/comparison.md; metrics.json holds the rest
+    "val_dice_patient", "dice_patient_mean", "dice_patient_median", "dice_patient_iqr", "dice_patient_min",
+    "lcc_dice_patient_mean", "dice_slice_mean", "dice_positive_slices_mean", "dice_pooled", "iou_patient_mean",
+    "detection_accuracy", "detection_sensitivity", "detection_specificity", "detection_auc", "n_patients",
+)
 
 
 @dataclass
@@ -191,7 +196,8 @@ def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict
     run_id = read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
     report_dir = paths.report_dir(arch)
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None}, prefix="test_")
-    tracker.log_params(run_id, {f"evaluate.{k}": v for k, v in cfg.section("evaluate").items()})
+    # tags, not params: MLflow params are immutable and evaluation may re-run with other settings
+    tracker.set_tags(run_id, {f"evaluate.{k}": str(v) for k, v in cfg.section("evaluate").items()})
     tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "per_patient.csv", "roc.csv")], "evaluation")
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False}
@@ -221,7 +227,8 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
         metrics_path = paths.report_dir(arch) / "metrics.json"
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
-        rows.append({"architecture": arch, **json.loads(metrics_path.read_text())})
+        metrics = json.loads(metrics_path.read_text())
+        rows.append({"architecture": arch, **{k: metrics[k] for k in COMPARISON_METRICS if k in metrics}})
         records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
     table = reports.comparison_table(rows)
     champion = str(table.iloc[0]["architecture"])  # sorted by val_dice_patient, best first

@@ -82,5 +82,6 @@ def compare(cfg: Config, paths: Paths) -> None:
     from lggseg.evaluation import compare_architectures
 
     result = compare_architectures(cfg, paths)
-    print(result["table"].to_string(index=False))
+    columns = ["architecture", "val_dice_patient", "dice_patient_mean", "dice_slice_mean", "detection_auc"]
+    print(result["table"][columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"champion (best val per-patient Dice): {result['champion']} -> {result['markdown']}")

@@ -1,0 +1,122 @@
+"""The pipeline as users run it: `dvc repro` and `dvc exp run` in a fresh git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY, mlflow_client
+from lggseg.paths import Paths
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture
+def dvc_repo(tmp_path) -> Path:
+    """A git+DVC repository holding the project's pipeline files (code deps included)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "config", "user.name", "lggseg tests"], repo)
+    _run(["git", "config", "user.email", "tests@lggseg.invalid"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "pipeline"], repo)
+    return repo
+
+
+def _set_params(repo: Path, **values) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in values.items():
+        node = params
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_download_index_synthetic(dvc_repo):
+    _set_params(dvc_repo, data__source="synthetic", data__synthetic__patients=5)
+    _run(["dvc", "repro", "download", "index"], dvc_repo)
+    slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
+    assert slices["patient_id"].nunique() == 5 and slices["has_tumor"].any()
+    status = _run(["dvc", "status", "download", "index"], dvc_repo).stdout
+    assert "up to date" in status
+
+
+def _zip_tree(tree: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(tree.rglob("*")):
+            if f.is_file():
+                for prefix in ("kaggle_3m", "lgg-mri-segmentation/kaggle_3m"):
+                    zf.write(f, f"{prefix}/{f.relative_to(tree)}")
+    return archive
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_repro_download_index_local_real_sample(dvc_repo, real_sample, tmp_path, as_zip):
+    local = _zip_tree(real_sample, tmp_path / "lgg-mri-segmentation.zip") if as_zip else real_sample
+    _set_params(dvc_repo, data__source="local", data__local_path=str(local))
+    _run(["dvc", "repro", "download", "index"], dvc_repo)
+    slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
+    assert len(slices) == 116 and int(slices["has_tumor"].sum()) == 37
+    assert slices["RNASeqCluster"].notna().any()  # joined with the real data.csv
+
+
+def _exp_settings(*extra: str) -> list[str]:
+    settings = [s for s in TINY if not s.startswith("data.synthetic.patients")] + [
+        "data.synthetic.patients=10", "train.epochs=2", *extra]
+    return [arg for s in settings for arg in ("-S", s)]
+
+
+def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
+    _run(["dvc", "exp", "run", *_exp_settings()], dvc_repo)
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    workspace = next(iter(metrics.values()))["data"] if "workspace" not in metrics else metrics["workspace"]["data"]
+    for arch in ("unet", "fpn"):
+        numbers = workspace[f"reports/{arch}/metrics.json"]["data"]
+        assert 0 <= numbers["dice_patient_mean"] <= 1 and "detection_auc" in numbers
+    assert "up to date" in _run(["dvc", "status"], dvc_repo).stdout
+    exps = _run(["dvc", "exp", "show", "--json"], dvc_repo).stdout
+    assert "train.epochs" in exps or "epochs" in exps
+    assert (dvc_repo / "reports/comparison.md").is_file()
+    assert (dvc_repo / "reports/unet/train_history.csv").is_file()
+    plots = _run(["dvc", "plots", "show", "--json"], dvc_repo).stdout
+    assert "train_history.csv" in plots and "roc.csv" in plots
+
+    client = mlflow_client(Paths.at(dvc_repo))
+    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 1
+    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    assert champion.tags["architecture"] in ("unet", "fpn")
+    runs = client.search_runs([client.get_experiment_by_name("lggseg-tests").experiment_id])
+    assert {r.info.run_name for r in runs} == {"unet", "fpn"}
+    assert all(r.data.tags.get("dvc_stage", "").startswith("train@") for r in runs)
+
+    # a changed evaluation param re-runs evaluate + compare only, adding registry versions
+    result = _run(["dvc", "exp", "run", *_exp_settings("evaluate.threshold=0.4")], dvc_repo)
+    assert "Running stage 'train@unet'" not in result.stdout and "Running stage 'evaluate@unet'" in result.stdout
+    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 2
+    assert len(client.search_model_versions("name='lgg-segmentation'")) == 2
