@@ -107,3 +107,17 @@ def test_leaky_processed_data_stops_training(tmp_path, prepared_project):
     val.to_csv(paths.processed_split("val") / "slices.csv", index=False)
     with pytest.raises(Exception, match="patient leakage"):
         pipeline.train(tiny_config(), paths, "unet")
+
+
+def test_early_stopping_counts_epochs_without_a_new_best():
+    from lggseg.training import TrainingState
+
+    state = TrainingState()
+    outcomes = []
+    for epoch, dice in enumerate([0.2, 0.5, 0.5, 0.4, 0.6, 0.1, 0.1]):
+        state.epoch = epoch
+        outcomes.append((state.record(dice), state.should_stop(patience=2), state.should_stop(patience=0)))
+    assert [o[0] for o in outcomes] == [True, True, False, False, True, False, False]
+    assert [o[1] for o in outcomes] == [False, False, False, True, False, False, True]
+    assert not any(o[2] for o in outcomes)
+    assert (state.best_dice, state.best_epoch) == (0.6, 4)

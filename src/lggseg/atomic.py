@@ -13,19 +13,34 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds.
+
+    The file gets the permissions a plain open() would give (mkstemp alone would force 0600)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes(target: Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
 
 
 def write_text(target: Path, text: str) -> Path:
@@ -61,6 +76,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result should read like any folder
     try:
         yield staging
         replace_dir(staging, target)

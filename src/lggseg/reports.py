@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
+
+from lggseg.atomic import write_bytes
 
 TRUTH_COLOR = "#00e05a"  # green: ground truth (radiologist)
 PRED_COLOR = "#ff2bd6"  # magenta: model; green/magenta stays distinct for red-green colour blindness
@@ -57,25 +57,6 @@ _METRIC_LABELS = {
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write_bytes(out_path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``out_path`` via a temp file in the same folder and ``os.replace``."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.parent / f".{out_path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666 lets the umask decide permissions, like a normal open() would (mkstemp forces 0600).
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return out_path
-
-
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
@@ -89,7 +70,7 @@ def _render_png(figure: Figure) -> bytes:
 
 
 def _save_figure(figure: Figure, out_path: Path) -> Path:
-    return _atomic_write_bytes(out_path, _render_png(figure))
+    return write_bytes(out_path, _render_png(figure))
 
 
 def _require_columns(frame: pd.DataFrame, required: Sequence[str], what: str) -> None:
@@ -516,7 +497,7 @@ def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None
     markdown = _comparison_markdown(table, champion, chart_path.name)
     csv_text = table.to_csv(index=False)
     return {
-        "csv": _atomic_write_bytes(out_dir / "comparison.csv", csv_text.encode("utf-8")),
-        "chart": _atomic_write_bytes(chart_path, chart_png),
-        "markdown": _atomic_write_bytes(out_dir / "comparison.md", markdown.encode("utf-8")),
+        "csv": write_bytes(out_dir / "comparison.csv", csv_text.encode("utf-8")),
+        "chart": write_bytes(chart_path, chart_png),
+        "markdown": write_bytes(out_dir / "comparison.md", markdown.encode("utf-8")),
     }

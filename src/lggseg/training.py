@@ -8,7 +8,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import segmentation_models_pytorch as smp
@@ -45,6 +44,18 @@ class TrainingState:
     epochs_without_improvement: int = 0
     history: list[dict] | None = None
     run_id: str | None = None
+
+    def record(self, val_dice_patient: float) -> bool:
+        """Note this epoch's val Dice; True when it is a new best (strictly better)."""
+        if val_dice_patient > self.best_dice:
+            self.best_dice, self.best_epoch, self.epochs_without_improvement = val_dice_patient, self.epoch, 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: `patience` epochs in a row without a new best (0 disables it)."""
+        return patience > 0 and self.epochs_without_improvement >= patience
 
 
 def processed_manifest(paths: Paths) -> dict:
@@ -152,12 +163,9 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
             row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, state.epoch)
             state.history.append(row)
             tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
-            improved = row["val_dice_patient"] > state.best_dice
+            improved = state.record(row["val_dice_patient"])
             if improved:
-                state.best_dice, state.best_epoch, state.epochs_without_improvement = row["val_dice_patient"], state.epoch, 0
                 save_checkpoint(best_path, model, spec, epoch=state.epoch, val_dice_patient=row["val_dice_patient"])
-            else:
-                state.epochs_without_improvement += 1
             if scheduler is not None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
             state.epoch += 1
@@ -168,7 +176,7 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
             )
             write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
             print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
-            if tcfg.early_stopping_patience and state.epochs_without_improvement >= tcfg.early_stopping_patience:
+            if state.should_stop(tcfg.early_stopping_patience):
                 print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
                       f"{tcfg.early_stopping_patience})", flush=True)
                 break

@@ -1,9 +1,6 @@
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from lggseg import pipeline

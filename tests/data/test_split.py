@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lggseg import pipeline
 from lggseg.config import SplitConfig
 from lggseg.data.layout import build_index
 from lggseg.data.split import PatientLeakError, SplitError, check_no_leak, make_splits, split_summary

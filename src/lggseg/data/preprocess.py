@@ -95,7 +95,6 @@ def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: P
     for array in (images, masks):
         array.flush()
         digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-    del images, masks
     rows.to_csv(split_dir / "slices.csv", index=False)
     digest.update((split_dir / "slices.csv").read_bytes())
     return {"slices": n, "patients": int(rows["patient_id"].nunique()), "sha256": digest.hexdigest()}

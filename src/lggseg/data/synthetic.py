@@ -234,7 +234,6 @@ def _patient_volume(slices: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     scalp_voxels = np.flatnonzero(scalp)
     scalp_bias = np.broadcast_to(bias, brain.shape).ravel()[scalp_voxels]
     scalp_anatomy = anatomy.ravel()[scalp_voxels]
-    tumor_bias = bias[blob.rows, blob.cols]
     image = np.empty((slices, size, size, 3), dtype=np.uint8)
     for channel, (tissue, contrast, scalp_level, tumor_offset) in enumerate(channel_specs):
         values = _uniform_noise(rng, brain.shape, std=3.5)

@@ -1,0 +1,46 @@
+import zipfile
+
+import pytest
+
+from lggseg.cli import main
+from lggseg.tracking import _redact, project_root
+
+from conftest import REPO
+
+
+def test_stage_error_is_reported_once_with_the_file(tmp_path, capsys):
+    code = main(["split", "--params", str(REPO / "params.yaml"), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("error:") == 1 and "slices.csv is missing (run the index stage)" in err
+
+
+def test_bad_override_names_the_key(tmp_path, capsys):
+    code = main(["index", "--params", str(REPO / "params.yaml"), "--root", str(tmp_path), "--set", "data.index.strikt=true"])
+    assert code == 1 and "data.index.strikt" in capsys.readouterr().err
+
+
+def test_train_needs_an_architecture():
+    with pytest.raises(SystemExit):
+        main(["train", "--params", str(REPO / "params.yaml")])
+
+
+def test_synth_writes_tree_and_kaggle_zip(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "syn"), "--patients", "2", "--slices-min", "3", "--slices-max", "4",
+                 "--zip", str(tmp_path / "lgg.zip")]) == 0
+    patients = [p for p in (tmp_path / "syn" / "kaggle_3m").iterdir() if p.is_dir()]
+    assert len(patients) == 2
+    names = zipfile.ZipFile(tmp_path / "lgg.zip").namelist()
+    assert any(n.startswith("kaggle_3m/") for n in names) and any(n.startswith("lgg-mri-segmentation/kaggle_3m/") for n in names)
+
+
+def test_temp_experiment_copies_log_into_the_repository_store(tmp_path):
+    repo = tmp_path / "repo"
+    assert project_root(repo / ".dvc" / "tmp" / "exps" / "tmpabc123") == repo
+    assert project_root(repo) == repo
+
+
+def test_credentials_in_uris_are_redacted():
+    assert _redact("http://alice:s3cret@mlflow.example:5000/api") == "http://***@mlflow.example:5000/api"
+    assert _redact("postgresql://u:p@db/mlflow") == "postgresql://***@db/mlflow"
+    assert _redact("sqlite:////abs/mlruns/mlflow.db") == "sqlite:////abs/mlruns/mlflow.db"
