@@ -7,6 +7,7 @@ import torch
 
 from lggseg import pipeline
 from lggseg.data.preprocess import load_split, to_model_input
+from lggseg.evaluation import SplitPredictions, choose_detection_rule, detection_scores
 from lggseg.tracking import Tracker
 
 from conftest import mlflow_client
@@ -108,3 +109,29 @@ def test_rerunning_evaluation_adds_versions(trained_project):
     assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(after)
     champions = client.search_model_versions("name='lgg-segmentation'")
     assert len(champions) >= 2
+
+
+def _predictions(truth_area, pred_area, max_prob, size=64):
+    n = len(truth_area)
+    truth = np.zeros((n, size, size), np.uint8)
+    pred = np.zeros((n, size, size), np.uint8)
+    for i, (t, p) in enumerate(zip(truth_area, pred_area)):
+        truth[i].flat[:t] = 1
+        pred[i].flat[:p] = 1
+    table = pd.DataFrame({"patient_id": ["P"] * n, "slice": range(1, n + 1), "institution": ["CS"] * n})
+    return SplitPredictions(table=table, truth=truth, pred=pred, max_prob=np.asarray(max_prob, float),
+                            images=np.zeros((n, size, size, 3), np.uint8))
+
+
+def test_detection_rule_is_chosen_on_val_and_ignores_specks():
+    # slices 0-2 tumor-free but with 1-pixel false-positive specks at high probability; 3-5 real tumors
+    val = _predictions([0, 0, 0, 50, 60, 70], [1, 1, 1, 40, 55, 66], [0.9, 0.95, 0.92, 0.8, 0.85, 0.9])
+    min_area, threshold, rule = choose_detection_rule(val, 0.5)
+    assert rule == "val Youden J" and min_area >= 1  # the specks are filtered by area, not by probability
+    scores = detection_scores(val, min_area)
+    assert ((scores >= threshold) == np.array([0, 0, 0, 1, 1, 1], bool)).all()
+
+
+def test_detection_rule_with_a_single_class_val_split_says_so():
+    val = _predictions([10, 20, 30], [10, 20, 30], [0.9, 0.9, 0.9])
+    assert choose_detection_rule(val, 0.4) == (0, 0.4, "default: val has one class")

@@ -94,9 +94,15 @@ def detection_scores(p: SplitPredictions, min_area: int) -> np.ndarray:
     return np.where(area >= min_area, p.max_prob, 0.0)
 
 
-def choose_detection_rule(val: SplitPredictions) -> tuple[int, float]:
-    """(min_area, threshold) maximising Youden's J on the val split."""
+def choose_detection_rule(val: SplitPredictions, default_threshold: float) -> tuple[int, float, str]:
+    """(min_area, threshold, how) maximising Youden's J on the val split. A val split with only
+    tumor or only tumor-free slices cannot rank thresholds: then min_area 0 and the segmentation
+    threshold are used, and `how` says so (it lands in metrics.json)."""
     labels = (val.truth.reshape(len(val.truth), -1).max(axis=1) > 0).astype(int)
+    if labels.min() == labels.max():
+        log.warning("val split has only %s slices: detection uses threshold %.2f, min_area 0",
+                    "tumor" if labels[0] else "tumor-free", default_threshold)
+        return 0, default_threshold, "default: val has one class"
     scale = (val.truth.shape[1] / 256) ** 2
     best: tuple[float, int, float] | None = None
     for candidate in MIN_AREA_CANDIDATES:
@@ -108,7 +114,7 @@ def choose_detection_rule(val: SplitPredictions) -> tuple[int, float]:
         if best is None or j > best[0] + 1e-12:
             best = (j, min_area, threshold)
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], "val Youden J"
 
 
 def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
@@ -121,11 +127,12 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     check_no_leak({"train": train_patients, "val": val.table["patient_id"], "test": test.table["patient_id"]})
 
     per_patient, metrics = _segmentation_metrics(test, cfg)
-    min_area, threshold = choose_detection_rule(val)
+    min_area, threshold, rule = choose_detection_rule(val, cfg.evaluate.threshold)
     test_labels = (test.truth.reshape(len(test.truth), -1).max(axis=1) > 0).astype(int)
     test_scores = detection_scores(test, min_area)
     metrics.update(detection_metrics(test_scores, test_labels, threshold))
     metrics["detection_min_area"] = min_area
+    metrics["detection_rule"] = rule
     metrics["val_dice_patient"] = train_summary["val_dice_patient"]
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
 
