@@ -58,12 +58,23 @@ def _set_params(repo: Path, **values) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_repro_download_index_synthetic(dvc_repo):
-    _set_params(dvc_repo, data__source="synthetic", data__synthetic__patients=5)
-    _run(["dvc", "repro", "download", "index"], dvc_repo)
+def _check_split_and_processed(repo: Path, n_patients: int) -> None:
+    splits = json.loads((repo / "data/interim/splits.json").read_text())
+    assert sum(len(splits[s]) for s in ("train", "val", "test")) == n_patients
+    summary = json.loads((repo / "reports/split_summary.json").read_text())
+    for split in ("train", "val", "test"):
+        table = pd.read_csv(repo / f"data/processed/{split}/slices.csv")
+        assert set(table["patient_id"]) == set(splits[split])
+        assert len(table) == summary[split]["slices"]
+
+
+def test_repro_data_stages_synthetic(dvc_repo):
+    _set_params(dvc_repo, data__source="synthetic", data__synthetic__patients=7, preprocess__size=64)
+    _run(["dvc", "repro", "preprocess"], dvc_repo)
     slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
-    assert slices["patient_id"].nunique() == 5 and slices["has_tumor"].any()
-    status = _run(["dvc", "status", "download", "index"], dvc_repo).stdout
+    assert slices["patient_id"].nunique() == 7 and slices["has_tumor"].any()
+    _check_split_and_processed(dvc_repo, 7)
+    status = _run(["dvc", "status", "preprocess"], dvc_repo).stdout
     assert "up to date" in status
 
 
@@ -77,13 +88,16 @@ def _zip_tree(tree: Path, archive: Path) -> Path:
 
 
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
-def test_repro_download_index_local_real_sample(dvc_repo, real_sample, tmp_path, as_zip):
+def test_repro_data_stages_local_real_sample(dvc_repo, real_sample, tmp_path, as_zip):
     local = _zip_tree(real_sample, tmp_path / "lgg-mri-segmentation.zip") if as_zip else real_sample
     _set_params(dvc_repo, data__source="local", data__local_path=str(local))
-    _run(["dvc", "repro", "download", "index"], dvc_repo)
+    _run(["dvc", "repro", "preprocess"], dvc_repo)
     slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
     assert len(slices) == 116 and int(slices["has_tumor"].sum()) == 37
     assert slices["RNASeqCluster"].notna().any()  # joined with the real data.csv
+    _check_split_and_processed(dvc_repo, 5)
+    manifest = json.loads((dvc_repo / "data/processed/manifest.json").read_text())
+    assert manifest["size"] == 256 and manifest["in_channels"] == 3
 
 
 def _exp_settings(*extra: str) -> list[str]:
