@@ -11,6 +11,7 @@ from typing import Sequence
 
 # Keep imports quiet and offline: albumentations phones PyPI on import otherwise.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to what matters
 
 from lggseg import pipeline  # noqa: E402
 from lggseg.config import ConfigError, load_config  # noqa: E402

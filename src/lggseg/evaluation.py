@@ -216,6 +216,7 @@ def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict
                 "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
                 "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id}
         version = tracker.register(model_uri, f"lgg-{arch}", "candidate", tags)
+        print(f"registered lgg-{arch} version {version} (@candidate)")
         record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": f"lgg-{arch}",
                   "version": version, "alias": "candidate"}
     tracker.end_run(run_id)

@@ -74,8 +74,10 @@ def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
     from lggseg.evaluation import evaluate_architecture
 
     metrics = evaluate_architecture(cfg, arch, paths)
-    print(f"{arch}: test per-patient Dice {metrics['dice_patient_mean']:.4f} (median {metrics['dice_patient_median']:.4f}), "
-          f"per-slice {metrics['dice_slice_mean']:.4f}, detection AUC {metrics['detection_auc']:.3f}")
+    auc = metrics["detection_auc"]
+    print(f"{arch}: test per-patient Dice {metrics['dice_patient_mean']:.4f} (median {metrics['dice_patient_median']:.4f}, "
+          f"{metrics['n_patients']} patients), per-slice {metrics['dice_slice_mean']:.4f}, "
+          f"detection AUC {'n/a' if auc is None else f'{auc:.3f}'}")
 
 
 def compare(cfg: Config, paths: Paths) -> None:

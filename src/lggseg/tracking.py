@@ -173,11 +173,19 @@ class Tracker:
 
     def log_model(self, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
         """Log a torch model into the run; returns its `models:/<model_id>` URI."""
-        with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
-            info = self._mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example,
-                pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle",
-            )
+        # pickle is a deliberate choice (the model must load back as a plain nn.Module for predict);
+        # MLflow warns about it on every call, which only adds noise to stage logs
+        pytorch_log = logging.getLogger("mlflow.pytorch")
+        level = pytorch_log.level
+        pytorch_log.setLevel(logging.ERROR)
+        try:
+            with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+                info = self._mlflow.pytorch.log_model(
+                    model, name=name, input_example=input_example,
+                    pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle",
+                )
+        finally:
+            pytorch_log.setLevel(level)
         # start_run(run_id=...) ends the run on exit: put the status back to what the stage decides
         self.client.update_run(run_id, status="RUNNING")
         return info.model_uri
