@@ -129,8 +129,11 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     assert {r.info.run_name for r in runs} == {"unet", "fpn"}
     assert all(r.data.tags.get("dvc_stage", "").startswith("train@") for r in runs)
 
-    # a changed evaluation param re-runs evaluate + compare only, adding registry versions
-    result = _run(["dvc", "exp", "run", *_exp_settings("evaluate.threshold=0.4")], dvc_repo)
+    # a changed evaluation param re-runs evaluate + compare only, adding registry versions; --temp runs
+    # in a copy under .dvc/tmp/exps/ and still logs into this repository's store
+    _run(["git", "add", "-A"], dvc_repo)
+    _run(["git", "commit", "-qm", "first experiment"], dvc_repo)
+    result = _run(["dvc", "exp", "run", "--temp", *_exp_settings("evaluate.threshold=0.4")], dvc_repo)
     assert "Running stage 'train@unet'" not in result.stdout and "Running stage 'evaluate@unet'" in result.stdout
     assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 2
     assert len(client.search_model_versions("name='lgg-segmentation'")) == 2
