@@ -82,8 +82,10 @@ def test_resume_continues_the_interrupted_run(tmp_path, prepared_project):
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
     assert history["epoch"].tolist() == [0, 1]
     assert read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"] == first_run
-    metric = mlflow_client(paths).get_metric_history(first_run, "train_loss")
-    assert sorted(m.step for m in metric) == [0, 1]
+    client = mlflow_client(paths)
+    assert sorted(m.step for m in client.get_metric_history(first_run, "train_loss")) == [0, 1]
+    run = client.get_run(first_run)
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["resumed.train.epochs"] == "2"
     with pytest.raises(ValueError, match="set train.resume: false"):
         pipeline.train(tiny_config("train.epochs=3", "train.resume=true", "model.encoder=resnet34"), paths, "unet")
 

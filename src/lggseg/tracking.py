@@ -117,12 +117,16 @@ class Tracker:
         """A new run (or the existing `run_id`, when resuming) with params and tags logged."""
         if run_id is not None:
             try:
-                self.client.get_run(run_id)
-                self.client.update_run(run_id, status="RUNNING")
-                self.set_tags(run_id, tags)
-                return run_id
+                logged = self.client.get_run(run_id).data.params
             except Exception:
                 log.warning("MLflow run %s not found in %s; starting a new one", run_id, _redact(self.uri))
+            else:
+                # params are immutable in MLflow: a resumed run records what changed as `resumed.<key>` tags
+                changed = {f"resumed.{k}": _param_value(v) for k, v in params.items()
+                           if logged.get(k, _param_value(v)) != _param_value(v)}
+                self.client.update_run(run_id, status="RUNNING")
+                self.set_tags(run_id, {**tags, **changed})
+                return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
