@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from lggseg import reports
@@ -23,7 +24,7 @@ from lggseg.config import Config
 from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view
 from lggseg.data.split import check_no_leak
-from lggseg.devices import resolve_runtime
+from lggseg.devices import Runtime, resolve_runtime
 from lggseg.inference import predict_batches
 from lggseg.metrics import (
     SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
@@ -54,10 +55,19 @@ class SplitPredictions:
     max_prob: np.ndarray
     images: np.ndarray  # the uint8 model inputs (N, H, W, C), memory-mapped
 
+    @property
+    def has_tumor(self) -> np.ndarray:
+        """(N,) int labels for slice-level detection: 1 where the ground truth has tumor."""
+        return self.truth.reshape(len(self.truth), -1).any(axis=1).astype(int)
 
-def predict_split(model, paths: Paths, split: str, cfg: Config) -> SplitPredictions:
-    runtime = resolve_runtime(cfg.train.device)
-    model = model.to(runtime.device)
+    @property
+    def pred_area(self) -> np.ndarray:
+        """(N,) predicted tumor pixels per slice."""
+        return self.pred.reshape(len(self.pred), -1).sum(axis=1)
+
+
+def predict_split(model, paths: Paths, split: str, cfg: Config, runtime: Runtime) -> SplitPredictions:
+    """Run `model` (already on runtime.device) over one processed split."""
     dataset = SliceDataset(paths.processed, split)
     loader = DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False, num_workers=0)
     preds, max_probs = [], []
@@ -80,8 +90,6 @@ def keep_largest_component(pred: np.ndarray, table: pd.DataFrame) -> np.ndarray:
 
 
 def count_table(truth: np.ndarray, pred: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
-    import torch
-
     acc = SliceCountAccumulator()
     acc.add(torch.from_numpy(pred[:, None].astype(np.int64)), torch.from_numpy(truth[:, None].astype(np.int64)),
             table["patient_id"].astype(str).tolist(), table["slice"].astype(int).tolist())
@@ -90,15 +98,14 @@ def count_table(truth: np.ndarray, pred: np.ndarray, table: pd.DataFrame) -> pd.
 
 def detection_scores(p: SplitPredictions, min_area: int) -> np.ndarray:
     """Slice score: max probability, zeroed where the predicted area is below `min_area` pixels."""
-    area = p.pred.reshape(len(p.pred), -1).sum(axis=1)
-    return np.where(area >= min_area, p.max_prob, 0.0)
+    return np.where(p.pred_area >= min_area, p.max_prob, 0.0)
 
 
 def choose_detection_rule(val: SplitPredictions, default_threshold: float) -> tuple[int, float, str]:
     """(min_area, threshold, how) maximising Youden's J on the val split. A val split with only
     tumor or only tumor-free slices cannot rank thresholds: then min_area 0 and the segmentation
     threshold are used, and `how` says so (it lands in metrics.json)."""
-    labels = (val.truth.reshape(len(val.truth), -1).max(axis=1) > 0).astype(int)
+    labels = val.has_tumor
     if labels.min() == labels.max():
         log.warning("val split has only %s slices: detection uses threshold %.2f, min_area 0",
                     "tumor" if labels[0] else "tumor-free", default_threshold)
@@ -120,15 +127,17 @@ def choose_detection_rule(val: SplitPredictions, default_threshold: float) -> tu
 def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     """Test-split metrics, per-patient table, ROC, figures; logged into the training run; model registered."""
     model_dir, report_dir = paths.model_dir(arch), paths.report_dir(arch)
-    model, checkpoint = load_checkpoint(model_dir / "best.pt")
+    model, _ = load_checkpoint(model_dir / "best.pt")
     train_summary = json.loads((model_dir / "train_summary.json").read_text())
-    val, test = (predict_split(model, paths, s, cfg) for s in ("val", "test"))
+    runtime = resolve_runtime(cfg.train.device)
+    model = model.to(runtime.device)
+    val, test = (predict_split(model, paths, s, cfg, runtime) for s in ("val", "test"))
     train_patients = pd.read_csv(paths.processed_split("train") / "slices.csv", usecols=["patient_id"])["patient_id"]
     check_no_leak({"train": train_patients, "val": val.table["patient_id"], "test": test.table["patient_id"]})
 
     per_patient, metrics = _segmentation_metrics(test, cfg)
     min_area, threshold, rule = choose_detection_rule(val, cfg.evaluate.threshold)
-    test_labels = (test.truth.reshape(len(test.truth), -1).max(axis=1) > 0).astype(int)
+    test_labels = test.has_tumor
     test_scores = detection_scores(test, min_area)
     metrics.update(detection_metrics(test_scores, test_labels, threshold))
     metrics["detection_min_area"] = min_area
@@ -142,7 +151,8 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
     figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
 
-    _log_to_mlflow(cfg, arch, paths, model, checkpoint, metrics, figures, train_summary)
+    example = np.zeros((1, test.images.shape[3], *test.images.shape[1:3]), dtype=np.float32)  # N, C, H, W
+    _log_to_mlflow(cfg, arch, paths, model, example, metrics, figures, train_summary)
     return metrics
 
 
@@ -197,7 +207,7 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
     return picks[: max(0, count)]
 
 
-def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict, metrics: dict,
+def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, example: np.ndarray, metrics: dict,
                    figures: list[Path], train_summary: dict) -> None:
     tracker = Tracker(cfg.mlflow, paths.root)
     run_id = read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
@@ -209,8 +219,6 @@ def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False}
     if cfg.mlflow.register:
-        spec = checkpoint["spec"]
-        example = np.zeros((1, spec["in_channels"], *_image_size(paths)), dtype=np.float32)
         model_uri = tracker.log_model(run_id, model.cpu().eval(), example)
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
                 "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
@@ -221,11 +229,6 @@ def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, checkpoint: dict
                   "version": version, "alias": "candidate"}
     tracker.end_run(run_id)
     write_json(report_dir / "mlflow_model.json", record)
-
-
-def _image_size(paths: Paths) -> tuple[int, int]:
-    manifest = json.loads((paths.processed / "manifest.json").read_text())
-    return manifest["size"], manifest["size"]
 
 
 def compare_architectures(cfg: Config, paths: Paths) -> dict:

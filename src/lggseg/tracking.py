@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -146,8 +147,6 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
         """Numeric metrics only (NaN/inf and non-numbers are skipped with a debug note)."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
