@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
+from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
 from lggseg import reports
@@ -88,6 +89,35 @@ def comparison_rows() -> list[dict]:
             "epochs": 25,
         },
     ]
+
+
+def full_comparison_rows(*, with_quartiles: bool = False) -> list[dict]:
+    """Rows with every column reports.COMPARISON_METRICS puts in the table (optionally the quartiles too)."""
+    rows = []
+    for architecture, shift in (("unet", 0.0), ("fpn", -0.01)):
+        row = {
+            "architecture": architecture,
+            "val_dice_patient": 0.89 + shift,
+            "dice_patient_mean": 0.95 + shift,
+            "dice_patient_median": 0.95 + shift,
+            "dice_patient_iqr": 0.02,
+            "dice_patient_min": 0.93 + shift,
+            "lcc_dice_patient_mean": 0.95 + shift,
+            "dice_slice_mean": 0.98 + shift,
+            "dice_positive_slices_mean": 0.91 + shift,
+            "dice_pooled": 0.956 + shift,
+            "iou_patient_mean": 0.905 + shift,
+            "detection_accuracy": 0.99,
+            "detection_sensitivity": 0.985,
+            "detection_specificity": 0.995,
+            "detection_auc": 1.0,
+            "n_patients": 11,
+        }
+        if with_quartiles:
+            row["dice_patient_q1"] = row["dice_patient_median"] - 0.012
+            row["dice_patient_q3"] = row["dice_patient_median"] + 0.008
+        rows.append(row)
+    return rows
 
 
 def history_frame(n_epochs: int = 8, *, with_lr: bool = True) -> pd.DataFrame:
@@ -304,6 +334,16 @@ def test_training_history_missing_column_names_it(tmp_path):
     assert out.read_bytes() == before
 
 
+def test_roc_axes_are_padded_so_a_perfect_curve_stays_visible():
+    perfect = pd.DataFrame({"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]})
+    ax = reports.roc_figure(perfect, 1.0, title="perfect").axes[0]
+    for low, high in (ax.get_xlim(), ax.get_ylim()):
+        assert low < 0 and high > 1  # the curve along x=0 and y=1 is off the frame
+    curve = next(line for line in ax.get_lines() if line.get_label() == "AUC = 1.000")
+    assert curve.get_zorder() > max(spine.get_zorder() for spine in ax.spines.values())
+    assert ax.get_xticks().min() == 0 and ax.get_xticks().max() == 1  # ticks stay on the [0, 1] scale
+
+
 def test_roc_writes_png(tmp_path):
     fpr = np.linspace(0, 1, 30)
     roc = pd.DataFrame({"fpr": fpr, "tpr": np.sqrt(fpr)})
@@ -397,6 +437,90 @@ def test_write_comparison_failure_keeps_previous_outputs(tmp_path):
 
     assert {name: path.read_bytes() for name, path in paths.items()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["comparison.csv", "comparison.md", "comparison.png"]
+
+
+def test_comparison_columns_all_have_labels():
+    assert set(reports.COMPARISON_METRICS) <= set(reports.METRIC_LABELS)
+    table = reports.comparison_table(full_comparison_rows(with_quartiles=True))
+    assert table.columns.tolist() == list(reports.COMPARISON_COLUMNS)
+
+
+def test_comparison_chart_series_are_dice_scores_with_readable_labels():
+    table = reports.comparison_table(full_comparison_rows())
+    series = reports.comparison_chart_series(table)
+    assert [column for _, column in series] == [
+        "val_dice_patient",
+        "dice_patient_mean",
+        "dice_patient_median",
+        "lcc_dice_patient_mean",
+        "dice_slice_mean",
+        "dice_positive_slices_mean",
+        "dice_pooled",
+    ]  # no IQR (a spread), no minimum, no IoU: only Dice scores of the model
+    labels = dict((column, label) for label, column in series)
+    assert labels["dice_patient_mean"] == "test Dice per patient (mean)"
+    assert labels["val_dice_patient"] == "validation Dice per patient (mean)"
+    for label, column in series:
+        assert "_" not in label and column not in label and "Dice" in label
+
+    sparse = reports.comparison_table(comparison_rows())  # only some Dice columns present
+    assert [column for _, column in reports.comparison_chart_series(sparse)] == [
+        "val_dice_patient", "dice_patient_mean", "dice_pooled"
+    ]
+    with pytest.raises(ValueError, match="Dice columns"):
+        reports.comparison_chart_series(table.drop(columns=[column for _, column in series]))
+
+
+def _legend_texts(figure: Figure) -> list[str]:
+    return [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+
+
+def test_comparison_chart_draws_one_bar_per_dice_score_with_readable_legend():
+    table = reports.comparison_table(full_comparison_rows())
+    figure = reports.comparison_chart_figure(table, "unet")
+    ax = figure.axes[0]
+    series = reports.comparison_chart_series(table)
+    bar_groups = [container for container in ax.containers if isinstance(container, BarContainer)]
+    assert [container.get_label() for container in bar_groups] == [label for label, _ in series]
+    for container, (_, column) in zip(bar_groups, series, strict=True):
+        assert [bar.get_height() for bar in container] == pytest.approx(table[column].tolist())
+
+    legend = _legend_texts(figure)
+    assert [label for label, _ in series] == [text for text in legend if not text.startswith("Buda")]
+    assert not any("_" in text for text in legend)
+    assert not any("iqr" in text.lower() or "inter-quartile" in text for text in legend)  # no quartiles, no bar
+
+    ticks = {label.get_text(): label for label in ax.get_xticklabels()}
+    assert set(ticks) == {"unet\n(champion)", "fpn"}
+    assert ticks["unet\n(champion)"].get_fontweight() == "bold"
+
+
+def test_comparison_chart_shows_quartiles_as_error_bar_on_the_median():
+    table = reports.comparison_table(full_comparison_rows(with_quartiles=True))
+    figure = reports.comparison_chart_figure(table, None)
+    ax = figure.axes[0]
+    (error_bars,) = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
+    assert error_bars.get_label() == "test Dice per patient (inter-quartile range, Q1-Q3)"
+    median_bars = next(c for c in ax.containers if c.get_label() == "test Dice per patient (median)")
+    segments = error_bars.lines[2][0].get_segments()
+    for segment, bar, q1, q3 in zip(
+        segments, median_bars, table["dice_patient_q1"], table["dice_patient_q3"], strict=True
+    ):
+        assert segment[:, 0] == pytest.approx([bar.get_x() + bar.get_width() / 2] * 2)
+        assert sorted(segment[:, 1]) == pytest.approx([q1, q3])
+    assert not any("(champion)" in label.get_text() for label in ax.get_xticklabels())
+
+
+def test_comparison_markdown_explains_every_column_key(tmp_path):
+    table = reports.comparison_table(full_comparison_rows())
+    markdown = reports.write_comparison(table, tmp_path, champion="unet")["markdown"].read_text(encoding="utf-8")
+    header_line = next(line for line in markdown.splitlines() if line.startswith("|"))
+    header = [cell.strip() for cell in header_line.strip("|").split("|")]
+    assert header[0] == "architecture" and header[4] == "dice_patient_iqr (%)"  # keys as in comparison.csv
+    assert len(header) == len(table.columns)
+    for column in table.columns[1:]:
+        assert f"- `{column}`: {reports.METRIC_LABELS[column]}" in markdown
+    assert "- `dice_patient_iqr`: test Dice per patient (inter-quartile range" in markdown
 
 
 # ------------------------------------------------------------------------------------------- atomic writes

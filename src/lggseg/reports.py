@@ -28,30 +28,47 @@ TRUTH_COLOR = "#00e05a"  # green: ground truth (radiologist)
 PRED_COLOR = "#ff2bd6"  # magenta: model; green/magenta stays distinct for red-green colour blindness
 DPI = 120
 
-COMPARISON_COLUMNS = (
-    "architecture",
+COMPARISON_METRICS = (  # the columns of reports/comparison.{md,csv}, related columns together
+    "val_dice_patient", "dice_patient_mean", "dice_patient_median", "dice_patient_q1", "dice_patient_q3",
+    "dice_patient_iqr", "dice_patient_min", "lcc_dice_patient_mean", "dice_slice_mean", "dice_positive_slices_mean",
+    "dice_pooled", "iou_patient_mean", "detection_accuracy", "detection_sensitivity", "detection_specificity",
+    "detection_auc", "n_patients",
+)
+COMPARISON_COLUMNS = ("architecture", *COMPARISON_METRICS)
+# Column-name fragments of metrics that live in [0, 1] and read best as percentages.
+_PERCENT_METRIC_MARKERS = ("dice", "iou", "jaccard", "accuracy", "sensitivity", "specificity", "precision", "recall")
+METRIC_LABELS = {  # metric key (metrics.json, comparison.csv) -> what it means, for legends and the markdown
+    "val_dice_patient": "validation Dice per patient (mean)",
+    "dice_patient_mean": "test Dice per patient (mean)",
+    "dice_patient_median": "test Dice per patient (median)",
+    "dice_patient_q1": "test Dice per patient (1st quartile)",
+    "dice_patient_q3": "test Dice per patient (3rd quartile)",
+    "dice_patient_iqr": "test Dice per patient (inter-quartile range, Q3 - Q1, percentage points)",
+    "dice_patient_min": "test Dice per patient (worst patient)",
+    "lcc_dice_patient_mean": "test Dice per patient, largest 3-D tumor component only (mean)",
+    "dice_slice_mean": "test Dice per slice (mean)",
+    "dice_positive_slices_mean": "test Dice per slice, tumor slices only (mean)",
+    "dice_pooled": "test Dice pooled over all pixels",
+    "iou_patient_mean": "test IoU per patient (mean)",
+    "detection_accuracy": "test tumor-slice detection: accuracy",
+    "detection_sensitivity": "test tumor-slice detection: sensitivity",
+    "detection_specificity": "test tumor-slice detection: specificity",
+    "detection_auc": "test tumor-slice detection: ROC AUC",
+    "n_patients": "test patients",
+}
+# The Dice scores drawn as bars in comparison.png, in legend order. Spreads (IQR) and extremes (min) are not
+# Dice scores of a model and are left out; the quartiles become a Q1-Q3 error bar on the median bar.
+CHART_DICE_METRICS = (
     "val_dice_patient",
     "dice_patient_mean",
     "dice_patient_median",
+    "lcc_dice_patient_mean",
     "dice_slice_mean",
     "dice_positive_slices_mean",
     "dice_pooled",
-    "iou_patient_mean",
-    "detection_accuracy",
-    "detection_sensitivity",
-    "detection_specificity",
-    "detection_auc",
 )
-# Column-name fragments of metrics that live in [0, 1] and read best as percentages.
-_PERCENT_METRIC_MARKERS = ("dice", "iou", "jaccard", "accuracy", "sensitivity", "specificity", "precision", "recall")
-_METRIC_LABELS = {
-    "val_dice_patient": "per-patient Dice (validation)",
-    "dice_patient_mean": "per-patient Dice, mean (test)",
-    "dice_patient_median": "per-patient Dice, median (test)",
-    "dice_slice_mean": "per-slice Dice, mean (test)",
-    "dice_positive_slices_mean": "Dice on tumor slices, mean (test)",
-    "dice_pooled": "pooled Dice (test)",
-}
+BUDA_2019_DICE_RANGE = (0.82, 0.84)  # mean per-patient Dice of U-Net in Buda et al. 2019
+ROC_AXIS_PAD = 0.03  # ROC axes span [-pad, 1 + pad] so a curve along the edges stays visible
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -339,23 +356,31 @@ def _plot_series(ax, history: pd.DataFrame, column: str, label: str, color: str)
 
 def plot_roc(roc: pd.DataFrame, auc: float, out_path: Path, *, title: str) -> Path:
     """ROC curve of slice-level tumor detection with the chance diagonal; AUC in the legend."""
+    return _save_figure(roc_figure(roc, auc, title=title), out_path)
+
+
+def roc_figure(roc: pd.DataFrame, auc: float, *, title: str) -> Figure:
+    """The figure plot_roc writes; axes span [-ROC_AXIS_PAD, 1 + ROC_AXIS_PAD] on both sides."""
     _require_columns(roc, ["fpr", "tpr"], "roc")
     if roc.empty:
         raise ValueError("roc has no rows")
     figure = _new_figure(5.0, 5.0)
     ax = figure.subplots()
     auc_text = f"AUC = {auc:.3f}" if auc is not None and math.isfinite(auc) else "AUC n/a"
-    ax.plot(roc["fpr"], roc["tpr"], color="#4c78a8", linewidth=2.0, label=auc_text)
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1.0, label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.0)
+    # A perfect curve runs along x=0 and y=1: padded limits keep it off the frame, zorder above the grid/spines.
+    ax.plot(roc["fpr"], roc["tpr"], color="#4c78a8", linewidth=2.0, label=auc_text, zorder=3)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1.0, label="chance", zorder=2)
+    ax.set_xlim(-ROC_AXIS_PAD, 1 + ROC_AXIS_PAD)
+    ax.set_ylim(-ROC_AXIS_PAD, 1 + ROC_AXIS_PAD)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title)
-    return _save_figure(figure, out_path)
+    return figure
 
 
 # ------------------------------------------------------------------------------------------- comparison
@@ -421,6 +446,11 @@ def _markdown_table(table: pd.DataFrame, champion: str | None) -> str:
     )
 
 
+def _column_glossary(table: pd.DataFrame) -> list[str]:
+    """One markdown bullet per labelled column: the key (as in comparison.csv) and what it measures."""
+    return [f"- `{column}`: {METRIC_LABELS[column]}" for column in table.columns if column in METRIC_LABELS]
+
+
 def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: str) -> str:
     if champion is None:
         champion_sentence = "No champion was selected."
@@ -430,6 +460,8 @@ def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: 
         "# Architecture comparison",
         "",
         _markdown_table(table, champion),
+        "",
+        *_column_glossary(table),
         "",
         f"{champion_sentence} The champion is chosen by per-patient Dice on the VALIDATION set "
         "(`val_dice_patient`), never by test metrics; the test columns are reported for information only.",
@@ -447,38 +479,82 @@ def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: 
     return "\n".join(lines)
 
 
-def _comparison_chart(table: pd.DataFrame, champion: str | None) -> bytes:
-    dice_columns = [column for column in table.columns if "dice" in column.lower()]
-    if not dice_columns:
-        raise ValueError(f"comparison table has no Dice column to chart; it has {list(table.columns)}")
+def comparison_chart_series(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(readable label, column) of each Dice score in ``table`` that comparison.png draws as bars, in order."""
+    series = [(METRIC_LABELS[column], column) for column in CHART_DICE_METRICS if column in table.columns]
+    if not series:
+        raise ValueError(
+            f"comparison table has none of the Dice columns {list(CHART_DICE_METRICS)} to chart; "
+            f"it has {list(table.columns)}"
+        )
+    return series
+
+
+def comparison_chart_figure(table: pd.DataFrame, champion: str | None) -> Figure:
+    """Grouped bars: one group per architecture, one bar per Dice score (see comparison_chart_series).
+
+    The validation bar is hatched (it picks the champion); the others are test metrics. When the table has
+    dice_patient_q1/q3, the median bar carries a Q1-Q3 error bar.
+    """
+    series = comparison_chart_series(table)
     architectures = table["architecture"].astype(str).tolist()
-    n_metrics = len(dice_columns)
-    group_width = 0.82
-    bar_width = group_width / n_metrics
+    n_bars = len(series)
+    group_width = 0.84
+    bar_width = group_width / n_bars
     positions = np.arange(len(architectures))
-    figure = _new_figure(max(7.5, 1.0 + len(architectures) * (0.3 * n_metrics + 0.6)), 5.6)
+    figure = _new_figure(max(8.0, 1.6 + len(architectures) * (0.36 * n_bars + 0.5)), 6.4)
     ax = figure.subplots()
-    ax.axhspan(0.82, 0.84, color="0.85", zorder=0, label="Buda et al. 2019 mean per-patient Dice (82-84%)")
-    palette = _categorical_colors(n_metrics)
-    for index, column in enumerate(dice_columns):
+    low, high = BUDA_2019_DICE_RANGE
+    ax.axhspan(
+        low, high, color="0.86", zorder=0,
+        label=f"Buda et al. 2019, U-Net test Dice per patient (mean {100 * low:.0f}-{100 * high:.0f}%)",
+    )
+    palette = _categorical_colors(n_bars)
+    has_quartiles = {"dice_patient_q1", "dice_patient_q3"} <= set(table.columns)
+    for index, (label, column) in enumerate(series):
         offsets = positions - group_width / 2 + (index + 0.5) * bar_width
         values = table[column].astype(float).to_numpy()
+        is_validation = column.startswith("val_")
         ax.bar(
-            offsets, np.nan_to_num(values, nan=0.0), width=bar_width * 0.95, color=palette[index],
-            label=_METRIC_LABELS.get(column, column), zorder=2,
+            offsets, np.nan_to_num(values, nan=0.0), width=bar_width * 0.92, color=palette[index],
+            hatch="///" if is_validation else None, edgecolor="white" if is_validation else None,
+            linewidth=0, label=label, zorder=2,
         )
+        label_heights = values
+        if column == "dice_patient_median" and has_quartiles:
+            q1 = table["dice_patient_q1"].astype(float).to_numpy()
+            q3 = table["dice_patient_q3"].astype(float).to_numpy()
+            ax.errorbar(
+                offsets, values, yerr=[values - q1, q3 - values], fmt="none", ecolor="black", elinewidth=1.0,
+                capsize=3, zorder=3, label="test Dice per patient (inter-quartile range, Q1-Q3)",
+            )
+            label_heights = np.fmax(values, q3)  # the value sits above the whisker, not on it
+        for offset, value, height in zip(offsets, values, label_heights, strict=True):
+            text = "n/a" if np.isnan(value) else f"{100 * value:.1f}"
+            ax.text(
+                offset, 0.012 if np.isnan(value) else height + 0.012, text, rotation=90, ha="center",
+                va="bottom", fontsize=7, color="0.25", zorder=4,
+            )
     tick_labels = [f"{name}\n(champion)" if name == champion else name for name in architectures]
     ax.set_xticks(positions, tick_labels)
-    for label, name in zip(ax.get_xticklabels(), architectures, strict=True):
+    for tick_label, name in zip(ax.get_xticklabels(), architectures, strict=True):
         if name == champion:
-            label.set_fontweight("bold")
-    ax.set_ylim(0, 1.0)
+            tick_label.set_fontweight("bold")
+    ax.set_xlim(-0.6, len(architectures) - 0.4)
+    ax.set_ylim(0, 1.12)  # headroom above 100% for the value labels
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_ylabel("Dice")
+    ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3, zorder=1)
+    ax.set_axisbelow(True)
     figure.suptitle("Dice per architecture (champion chosen on validation Dice)", fontsize=12)
     figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    return _render_png(figure)
+    return figure
+
+
+def _comparison_chart(table: pd.DataFrame, champion: str | None) -> bytes:
+    return _render_png(comparison_chart_figure(table, champion))
 
 
 def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None) -> dict[str, Path]:
