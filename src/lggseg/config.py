@@ -14,6 +14,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from lggseg import model_names
+
 
 class ConfigError(ValueError):
     """A parameter is missing, unknown or has a bad value; the message names the key."""
@@ -257,6 +259,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.synthetic: need patients >= 1 and 1 <= slices_min <= slices_max")
     if cfg.preprocess.size < 16 or cfg.preprocess.size % 32:
         raise ConfigError(f"preprocess.size must be a multiple of 32 (encoders downsample by 32); got {cfg.preprocess.size}")
+    _check_model_names(cfg.model)
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.num_workers < 0 or t.early_stopping_patience < 0:
         raise ConfigError("train: epochs, batch_size >= 1, lr > 0, num_workers and early_stopping_patience >= 0")
@@ -264,3 +267,16 @@ def validate(cfg: Config) -> Config:
         if not 0 < p < 1:
             raise ConfigError(f"{key} must be in (0, 1); got {p}")
     return cfg
+
+
+def _check_model_names(model: ModelConfig) -> None:
+    duplicates = sorted({a for a in model.architectures if model.architectures.count(a) > 1})
+    if duplicates:
+        raise ConfigError(f"model.architectures lists {', '.join(duplicates)} more than once")
+    archs, encoder_unknown = model_names.unknown_names(model.architectures, model.encoder)
+    if archs:
+        raise ConfigError(f"model.architectures: unknown architecture(s) {', '.join(archs)}; "
+                          f"valid: {', '.join(model_names.ARCHITECTURES)}")
+    if encoder_unknown:
+        raise ConfigError(f"model.encoder: unknown encoder {model.encoder!r}; e.g. resnet18, resnet34, "
+                          "efficientnet-b0, mobilenet_v2, or any timm encoder as tu-<name>")

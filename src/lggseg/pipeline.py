@@ -9,7 +9,7 @@ import logging
 import pandas as pd
 
 from lggseg.atomic import write_csv, write_json
-from lggseg.config import Config
+from lggseg.config import Config, ConfigError
 from lggseg.data.acquire import acquire
 from lggseg.data.layout import build_index
 from lggseg.data.preprocess import preprocess_dataset
@@ -62,15 +62,25 @@ def preprocess(cfg: Config, paths: Paths) -> None:
           f"-> {paths.processed}")
 
 
+def check_architecture(cfg: Config, arch: str) -> None:
+    """`--arch` must be one of `model.architectures`: DVC generates train@/evaluate@ stages from that
+    list, and the run logs it, so an architecture outside it would train with params that lie."""
+    if arch not in cfg.model.architectures:
+        raise ConfigError(f"--arch {arch} is not in model.architectures ({', '.join(cfg.model.architectures)}); "
+                          f"add it there, e.g. --set model.architectures=[{', '.join((*cfg.model.architectures, arch))}]")
+
+
 def train(cfg: Config, paths: Paths, arch: str) -> None:
-    from lggseg.training import train_architecture
+    check_architecture(cfg, arch)
+    from lggseg.training import train_architecture  # imports torch: only after the config is known to be good
 
     summary = train_architecture(cfg, arch, paths)
-    print(f"{arch}: best val per-patient Dice {summary['val_dice_patient']:.4f} at epoch {summary['best_epoch'] + 1} "
-          f"(MLflow run {summary['run_id']})")
+    print(f"{arch}: best val per-patient Dice {summary['val_dice_patient']:.4f} at epoch {summary['best_epoch']} "
+          f"of {summary['epochs_run']} (MLflow run {summary['run_id']})")
 
 
 def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
+    check_architecture(cfg, arch)
     from lggseg.evaluation import evaluate_architecture
 
     metrics = evaluate_architecture(cfg, arch, paths)
