@@ -5,24 +5,24 @@ import pytest
 from lggseg.cli import main
 from lggseg.tracking import _redact, project_root
 
-from conftest import REPO
+from conftest import PARAMS
 
 
 def test_stage_error_is_reported_once_with_the_file(tmp_path, capsys):
-    code = main(["split", "--params", str(REPO / "params.yaml"), "--root", str(tmp_path)])
+    code = main(["split", "--params", str(PARAMS), "--root", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("error:") == 1 and "slices.csv is missing (run the index stage)" in err
 
 
 def test_bad_override_names_the_key(tmp_path, capsys):
-    code = main(["index", "--params", str(REPO / "params.yaml"), "--root", str(tmp_path), "--set", "data.index.strikt=true"])
+    code = main(["index", "--params", str(PARAMS), "--root", str(tmp_path), "--set", "data.index.strikt=true"])
     assert code == 1 and "data.index.strikt" in capsys.readouterr().err
 
 
 def test_train_needs_an_architecture():
     with pytest.raises(SystemExit):
-        main(["train", "--params", str(REPO / "params.yaml")])
+        main(["train", "--params", str(PARAMS)])
 
 
 def test_synth_writes_tree_and_kaggle_zip(tmp_path, capsys):
@@ -44,3 +44,12 @@ def test_credentials_in_uris_are_redacted():
     assert _redact("http://alice:s3cret@mlflow.example:5000/api") == "http://***@mlflow.example:5000/api"
     assert _redact("postgresql://u:p@db/mlflow") == "postgresql://***@db/mlflow"
     assert _redact("sqlite:////abs/mlruns/mlflow.db") == "sqlite:////abs/mlruns/mlflow.db"
+
+
+def test_version(capsys):
+    from lggseg import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lggseg {__version__}" and __version__[0].isdigit()

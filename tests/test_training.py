@@ -1,4 +1,10 @@
+import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,7 +17,7 @@ from lggseg.paths import Paths
 from lggseg.tracking import TrackingError, read_run_pointer
 from lggseg.training import build_loss, make_loaders, validate
 
-from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
+from conftest import PARAMS, TINY, TRAINED_EPOCHS, mlflow_client, tiny_config
 
 EPOCH_METRICS = {"train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
                  "train_images_per_second"}
@@ -25,7 +31,8 @@ def test_unet_learns_well_above_initialisation(trained_project):
     untrained = create_model(ModelSpec("unet", cfg.model.encoder, None, in_channels=3))
     at_init = validate(untrained, val_loader, build_loss(cfg.train.loss), runtime, cfg.train.threshold)
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
-    assert len(history) == TRAINED_EPOCHS and history["epoch"].tolist() == list(range(TRAINED_EPOCHS))
+    # epochs count from 1 everywhere: CSV, MLflow step, train_summary.json, console
+    assert len(history) == TRAINED_EPOCHS and history["epoch"].tolist() == list(range(1, TRAINED_EPOCHS + 1))
     best = history["val_dice_patient"].max()
     assert best > 0.6 and best > at_init["val_dice_patient"] + 0.4, (best, at_init)
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -61,9 +68,24 @@ def test_mlflow_holds_both_runs_with_params_tags_and_epoch_metrics(trained_proje
         assert "git_commit" in tags or not (paths.root / ".git").exists()
         assert EPOCH_METRICS <= set(run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "val_dice_patient")
-        assert sorted(m.step for m in history) == list(range(TRAINED_EPOCHS))
+        assert sorted(m.step for m in history) == list(range(1, TRAINED_EPOCHS + 1))
         csv = pd.read_csv(paths.report_dir(arch) / "train_history.csv")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(csv["val_dice_patient"].tolist())
+
+
+def test_summary_and_console_name_the_same_best_epoch(trained_project, capsys):
+    paths, cfg = trained_project
+    summary = json.loads((paths.model_dir("unet") / "train_summary.json").read_text())
+    history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
+    best = history.loc[history["val_dice_patient"].idxmax()]
+    assert summary["best_epoch"] == int(best["epoch"]) and summary["val_dice_patient"] == pytest.approx(best["val_dice_patient"])
+    checkpoint = torch.load(paths.model_dir("unet") / "best.pt", weights_only=False)
+    assert checkpoint["epoch"] == summary["best_epoch"]
+    client = mlflow_client(paths)
+    run = client.get_run(summary["run_id"])
+    assert run.data.metrics["best_epoch"] == summary["best_epoch"]
+    steps = {m.step: m.value for m in client.get_metric_history(summary["run_id"], "val_dice_patient")}
+    assert steps[summary["best_epoch"]] == pytest.approx(summary["val_dice_patient"])
 
 
 def test_validation_and_test_data_are_never_augmented(prepared_project):
@@ -80,10 +102,10 @@ def test_resume_continues_the_interrupted_run(tmp_path, prepared_project):
     first_run = read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"]
     pipeline.train(tiny_config("train.epochs=2", "train.resume=true"), paths, "unet")
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [1, 2]
     assert read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"] == first_run
     client = mlflow_client(paths)
-    assert sorted(m.step for m in client.get_metric_history(first_run, "train_loss")) == [0, 1]
+    assert sorted(m.step for m in client.get_metric_history(first_run, "train_loss")) == [1, 2]
     run = client.get_run(first_run)
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resumed.train.epochs"] == "2"
     with pytest.raises(ValueError, match="set train.resume: false"):
@@ -116,10 +138,36 @@ def test_early_stopping_counts_epochs_without_a_new_best():
 
     state = TrainingState()
     outcomes = []
-    for epoch, dice in enumerate([0.2, 0.5, 0.5, 0.4, 0.6, 0.1, 0.1]):
-        state.epoch = epoch
-        outcomes.append((state.record(dice), state.should_stop(patience=2), state.should_stop(patience=0)))
+    for epoch, dice in enumerate([0.2, 0.5, 0.5, 0.4, 0.6, 0.1, 0.1], start=1):
+        outcomes.append((state.record(epoch, dice), state.should_stop(patience=2), state.should_stop(patience=0)))
     assert [o[0] for o in outcomes] == [True, True, False, False, True, False, False]
     assert [o[1] for o in outcomes] == [False, False, False, True, False, False, True]
     assert not any(o[2] for o in outcomes)
-    assert (state.best_dice, state.best_epoch) == (0.6, 4)
+    assert (state.best_dice, state.best_epoch) == (0.6, 5)
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(tmp_path, prepared_project):
+    """A real `lggseg train` process gets SIGINT (what Ctrl-C sends) once its first epoch is saved."""
+    root = tmp_path / "interrupted"
+    shutil.copytree(prepared_project.processed, root / "data" / "processed")
+    args = [sys.executable, "-m", "lggseg.cli", "train", "--arch", "unet", "--params", str(PARAMS), "--root", str(root),
+            *[arg for setting in (*TINY, "train.epochs=50") for arg in ("--set", setting)]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in process.stdout:  # wait until epoch 1 is done and saved
+            if line.startswith("unet epoch 1/50"):
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    message = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(message) == 1 and "resume with train.resume=true" in message[0], stderr
+    assert re.search(r"interrupted in epoch [2-9]\d* \(\d+ epoch\(s\) completed and saved", message[0]), message
+    run_id = read_run_pointer(root / "models" / "unet" / "mlflow_run.json")["run_id"]
+    assert mlflow_client(Paths.at(root)).get_run(run_id).info.status == "KILLED"
+    assert torch.load(root / "models" / "unet" / "last.pt", weights_only=False)["state"]["epoch"] >= 1

@@ -13,7 +13,7 @@ from typing import Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to what matters
 
-from lggseg import pipeline  # noqa: E402
+from lggseg import __version__, pipeline  # noqa: E402
 from lggseg.config import ConfigError, load_config  # noqa: E402
 from lggseg.paths import Paths  # noqa: E402
 
@@ -32,6 +32,7 @@ PER_ARCH = {"train", "evaluate"}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lggseg", description="Lower-grade glioma segmentation pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"lggseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", default=".", help="project root holding data/, models/, reports/ (default: .)")
         if name in PER_ARCH:
             p.add_argument("--arch", required=True, help="architecture name from model.architectures, e.g. unet")
+    exps = sub.add_parser("exps", help="DVC experiments at terminal width: headline Dice per architecture, changed params")
+    exps.add_argument("--root", default=".", help="the DVC project (default: .)")
     synth = sub.add_parser("synth", help="write a synthetic LGG data set in the Kaggle layout")
     synth.add_argument("out", type=Path, help="output folder (kaggle_3m/ is created inside)")
     synth.add_argument("--patients", type=int, default=24)
@@ -59,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "synth":
             return _synth(args)
+        if args.command == "exps":
+            return _exps(args)
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
         stage = getattr(pipeline, args.command)
@@ -66,12 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             stage(cfg, paths, args.arch)
         else:
             stage(cfg, paths)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: one line (the training says where it stopped), the shell's code for SIGINT
+        print(f"lggseg {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # errors are raised where found, with the file or key named; reported once, here
         if args.verbose:
             raise
         print(f"lggseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _exps(args: argparse.Namespace) -> int:
+    from lggseg.experiments import dvc_experiments, experiments_table, format_experiments
+
+    print(format_experiments(experiments_table(dvc_experiments(Path(args.root)))))
     return 0
 
 

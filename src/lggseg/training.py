@@ -38,17 +38,20 @@ HISTORY_COLUMNS = [
 
 @dataclass
 class TrainingState:
-    epoch: int = 0  # the next epoch to run (0-based)
+    """Where a training stands. Epochs count from 1 everywhere (console, train_history.csv, MLflow
+    step, train_summary.json, figures); `epoch` is the number of epochs completed so far."""
+
+    epoch: int = 0
     best_dice: float = -math.inf
-    best_epoch: int = -1
+    best_epoch: int = 0  # 0: no epoch completed yet
     epochs_without_improvement: int = 0
     history: list[dict] | None = None
     run_id: str | None = None
 
-    def record(self, val_dice_patient: float) -> bool:
-        """Note this epoch's val Dice; True when it is a new best (strictly better)."""
+    def record(self, epoch: int, val_dice_patient: float) -> bool:
+        """Note epoch `epoch`'s val Dice; True when it is a new best (strictly better)."""
         if val_dice_patient > self.best_dice:
-            self.best_dice, self.best_epoch, self.epochs_without_improvement = val_dice_patient, self.epoch, 0
+            self.best_dice, self.best_epoch, self.epochs_without_improvement = val_dice_patient, epoch, 0
             return True
         self.epochs_without_improvement += 1
         return False
@@ -56,6 +59,10 @@ class TrainingState:
     def should_stop(self, patience: int) -> bool:
         """Early stopping: `patience` epochs in a row without a new best (0 disables it)."""
         return patience > 0 and self.epochs_without_improvement >= patience
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where it stopped and how to resume."""
 
 
 def processed_manifest(paths: Paths) -> dict:
@@ -128,7 +135,7 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
             raise ValueError(f"{last_path} was trained with {checkpoint['spec']}, not {spec.to_dict()}; "
                              "set train.resume: false to start over")
         state = TrainingState(**checkpoint["state"])
-        log.info("resuming %s from epoch %d", arch, state.epoch)
+        log.info("resuming %s at epoch %d", arch, state.epoch + 1)
     else:
         model = create_model(spec)
         checkpoint = None
@@ -160,15 +167,16 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     status = "FAILED"
     try:
         while state.epoch < tcfg.epochs:
-            row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, state.epoch)
+            epoch = state.epoch + 1
+            row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, epoch)
             state.history.append(row)
-            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
-            improved = state.record(row["val_dice_patient"])
+            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            improved = state.record(epoch, row["val_dice_patient"])
             if improved:
-                save_checkpoint(best_path, model, spec, epoch=state.epoch, val_dice_patient=row["val_dice_patient"])
+                save_checkpoint(best_path, model, spec, epoch=epoch, val_dice_patient=row["val_dice_patient"])
             if scheduler is not None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
-            state.epoch += 1
+            state.epoch = epoch
             save_checkpoint(
                 last_path, model, spec, state=state.__dict__, optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
@@ -181,12 +189,17 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
                       f"{tcfg.early_stopping_patience})", flush=True)
                 break
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        done = f"{state.epoch} epoch(s) completed and saved in {last_path}" if state.epoch else "no epoch completed"
+        raise TrainingInterrupted(f"{arch}: interrupted in epoch {state.epoch + 1} ({done}); "
+                                  "resume with train.resume=true") from None
     finally:
         tracker.end_run(state.run_id, status=status)
 
     summary = {
         "architecture": arch, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-        "val_dice_patient": state.best_dice, "val_dice_slice": state.history[state.best_epoch]["val_dice_slice"],
+        "val_dice_patient": state.best_dice, "val_dice_slice": state.history[state.best_epoch - 1]["val_dice_slice"],
         "device": runtime.name, "run_id": state.run_id, "data_fingerprint": manifest["fingerprint"],
     }
     tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
@@ -198,7 +211,7 @@ def _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runt
     started = time.perf_counter()
     model.train()
     total_loss, seen = 0.0, 0
-    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
+    bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
     for batch in bar:
         images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
         optimizer.zero_grad(set_to_none=True)
@@ -234,6 +247,6 @@ def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: fl
 
 
 def _epoch_line(arch: str, row: dict, epochs: int, improved: bool) -> str:
-    return (f"{arch} epoch {row['epoch'] + 1}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+    return (f"{arch} epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"val Dice slice {row['val_dice_slice']:.3f}  patient {row['val_dice_patient']:.3f}  "
             f"{row['train_images_per_second']:.1f} img/s  {row['epoch_seconds']:.1f}s" + ("  *best" if improved else ""))
