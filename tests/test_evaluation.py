@@ -7,7 +7,7 @@ import torch
 
 from lggseg import pipeline
 from lggseg.data.preprocess import load_split, to_model_input
-from lggseg.evaluation import SplitPredictions, choose_detection_rule, detection_scores
+from lggseg.evaluation import HEADLINE_METRICS, SplitPredictions, choose_detection_rule, detection_scores
 from lggseg.tracking import Tracker
 
 from conftest import mlflow_client
@@ -18,13 +18,17 @@ REQUIRED_METRICS = {
 }
 
 
-def test_metrics_json_holds_every_headline_number(trained_project):
+def test_all_metrics_json_holds_every_number_and_metrics_json_the_headline(trained_project):
     paths, cfg = trained_project
     for arch in cfg.model.architectures:
-        metrics = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
+        metrics = json.loads((paths.report_dir(arch) / "all_metrics.json").read_text())
         assert REQUIRED_METRICS <= set(metrics)
         assert all(isinstance(metrics[k], float) and 0 <= metrics[k] <= 1 for k in REQUIRED_METRICS)
         assert "lcc_dice_patient_mean" in metrics and metrics["detection_tp"] + metrics["detection_fn"] > 0
+        # the DVC metrics file: headline only, in HEADLINE_METRICS order, so `dvc exp show` stays readable
+        headline = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
+        assert list(headline) == list(HEADLINE_METRICS)
+        assert headline == {k: metrics[k] for k in HEADLINE_METRICS}
     unet = json.loads((paths.report_dir("unet") / "metrics.json").read_text())
     assert unet["dice_patient_mean"] > 0.5  # the trained U-Net segments held-out synthetic patients
 
@@ -62,8 +66,19 @@ def test_test_metrics_and_artifacts_logged_into_the_training_run(trained_project
         assert run.data.metrics["test_dice_patient_mean"] == pytest.approx(metrics["dice_patient_mean"])
         assert run.data.metrics["test_detection_auc"] == pytest.approx(metrics["detection_auc"])
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-        assert {"evaluation/metrics.json", "evaluation/per_patient.csv", "evaluation/figures"} <= artifacts
+        assert {"evaluation/metrics.json", "evaluation/all_metrics.json", "evaluation/per_patient.csv",
+                "evaluation/figures"} <= artifacts
         assert run.info.status == "FINISHED"
+        # test_* names only test-split numbers; what was chosen on val says so
+        assert "test_val_dice_patient" not in run.data.metrics and "test_detection_threshold" not in run.data.metrics
+        assert "val_detection_threshold" in run.data.metrics and "best_val_dice_patient" in run.data.metrics
+
+
+def test_experiment_opens_on_training_runs_in_the_ui(trained_project):
+    paths, cfg = trained_project
+    experiment = mlflow_client(paths).get_experiment_by_name(cfg.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "per-patient" in experiment.tags["mlflow.note.content"]
 
 
 def test_registry_holds_candidates_and_the_champion(trained_project):

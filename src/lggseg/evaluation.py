@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 
 MIN_AREA_CANDIDATES = (0, 5, 10, 20, 40, 80, 160)  # pixels at 256x256, scaled with the image size
 CHAMPION_MODEL = "lgg-segmentation"
-COMPARISON_METRICS = (  # the columns of reports/comparison.md; metrics.json holds the rest
-    "val_dice_patient", "dice_patient_mean", "dice_patient_median", "dice_patient_iqr", "dice_patient_min",
-    "lcc_dice_patient_mean", "dice_slice_mean", "dice_positive_slices_mean", "dice_pooled", "iou_patient_mean",
-    "detection_accuracy", "detection_sensitivity", "detection_specificity", "detection_auc", "n_patients",
+# reports/<arch>/metrics.json, the DVC metrics file (`dvc exp show`, `dvc metrics diff`): the headline
+# numbers only, headline first, so experiment tables stay readable; all_metrics.json holds every number
+HEADLINE_METRICS = (
+    "dice_patient_mean", "dice_patient_median", "dice_patient_min", "lcc_dice_patient_mean", "dice_slice_mean",
+    "dice_pooled", "detection_auc", "val_dice_patient",
 )
+# chosen on the val split or copied from training: in all_metrics.json, but not test numbers for MLflow
+NOT_TEST_METRICS = ("val_dice_patient", "detection_threshold", "detection_min_area", "detection_rule")
 
 
 @dataclass
@@ -145,7 +148,8 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     metrics["val_dice_patient"] = train_summary["val_dice_patient"]
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
 
-    write_json(report_dir / "metrics.json", metrics)
+    write_json(report_dir / "all_metrics.json", metrics)
+    write_json(report_dir / "metrics.json", {k: metrics[k] for k in HEADLINE_METRICS if k in metrics})
     write_csv(report_dir / "per_patient.csv", per_patient)
     roc = roc_points(test_scores, test_labels) if test_labels.min() != test_labels.max() else pd.DataFrame(columns=["fpr", "tpr", "threshold"])
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
@@ -212,10 +216,14 @@ def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, example: np.ndar
     tracker = Tracker(cfg.mlflow, paths.root)
     run_id = read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
     report_dir = paths.report_dir(arch)
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None}, prefix="test_")
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and k not in NOT_TEST_METRICS},
+                        prefix="test_")
+    # the detection rule was chosen on val; the val Dice is training's (best_val_dice_patient)
+    tracker.log_metrics(run_id, {"val_detection_threshold": metrics["detection_threshold"],
+                                 "val_detection_min_area": metrics["detection_min_area"]})
     # tags, not params: MLflow params are immutable and evaluation may re-run with other settings
     tracker.set_tags(run_id, {f"evaluate.{k}": str(v) for k, v in cfg.section("evaluate").items()})
-    tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "per_patient.csv", "roc.csv")], "evaluation")
+    tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "all_metrics.json", "per_patient.csv", "roc.csv")], "evaluation")
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False}
     if cfg.mlflow.register:
@@ -235,11 +243,11 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
     """Side-by-side table of all architectures; the champion is the best per-patient VAL Dice."""
     rows, records = [], {}
     for arch in cfg.model.architectures:
-        metrics_path = paths.report_dir(arch) / "metrics.json"
+        metrics_path = paths.report_dir(arch) / "all_metrics.json"
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
         metrics = json.loads(metrics_path.read_text())
-        rows.append({"architecture": arch, **{k: metrics[k] for k in COMPARISON_METRICS if k in metrics}})
+        rows.append({"architecture": arch, **{k: metrics[k] for k in reports.COMPARISON_METRICS if k in metrics}})
         records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
     table = reports.comparison_table(rows)
     champion = str(table.iloc[0]["architecture"])  # sorted by val_dice_patient, best first

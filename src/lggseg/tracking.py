@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 DVC_TEMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 MODEL_PIP_REQUIREMENTS = ["torch", "segmentation-models-pytorch"]
+EXPERIMENT_TAGS = {
+    # MLflow 3's UI opens an experiment of unknown kind on its GenAI pages (traces); this opens "Training runs"
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "lggseg: FLAIR-abnormality (lower-grade glioma) segmentation on the LGG MRI Segmentation data set. "
+        "One run per architecture and pipeline run: per-epoch training and validation metrics, then `test_*` "
+        "metrics on held-out patients (headline: test_dice_patient_mean, the mean per-patient 3-D Dice), "
+        "figures under evaluation/, and registered models lgg-<arch> (@candidate) and lgg-segmentation (@champion)."
+    ),
+}
 
 
 class TrackingError(RuntimeError):
@@ -88,12 +98,18 @@ class Tracker:
             self._check_server()
         try:
             experiment = self.client.get_experiment_by_name(self.cfg.experiment)
-            if experiment is not None:
-                return experiment.experiment_id
-            artifacts = None
-            if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
-                artifacts = (self.root / "mlruns" / "artifacts").as_uri()
-            return self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+            if experiment is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                    artifacts = (self.root / "mlruns" / "artifacts").as_uri()
+                experiment_id = self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+                tags: Mapping[str, str] = {}
+            else:
+                experiment_id, tags = experiment.experiment_id, experiment.tags
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in tags:  # also marks experiments made before these tags existed
+                    self.client.set_experiment_tag(experiment_id, key, value)
+            return experiment_id
         except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
             raise TrackingError(
                 f"cannot use the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
