@@ -7,11 +7,16 @@ export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
-# `dvc exp run` commits experiment refs; this identity is used only where git has none configured
+# `dvc exp run` commits the experiment (in refs/exps/, not on your branch) and needs a git identity:
+# yours when git has one, else this stand-in
+ifeq ($(shell git config user.name),)
 export GIT_AUTHOR_NAME ?= lggseg demo
-export GIT_AUTHOR_EMAIL ?= demo@lggseg.invalid
 export GIT_COMMITTER_NAME ?= lggseg demo
+endif
+ifeq ($(shell git config user.email),)
+export GIT_AUTHOR_EMAIL ?= demo@lggseg.invalid
 export GIT_COMMITTER_EMAIL ?= demo@lggseg.invalid
+endif
 
 # Small settings: the demo runs in a few minutes on 2 CPU cores, offline, with no Kaggle account.
 DEMO_SETTINGS := \
@@ -22,7 +27,11 @@ DEMO_SETTINGS := \
 	-S train.epochs=8 -S train.batch_size=16 -S train.lr=0.002 -S train.loss=bce_dice -S train.num_workers=0 \
 	-S mlflow.experiment=lggseg-demo
 
-.PHONY: install demo test repro mlflow-ui
+# more -S settings, applied last (the tests shrink the demo further with it)
+DEMO_EXTRA ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo exps test repro mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,22 +41,29 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo runs as a DVC experiment in a temporary copy (--temp): params.yaml and the workspace stay as
+# they are (git status stays clean); results land in the experiment `demo`, DVC's cache and MLflow.
 demo: install
-	HF_HUB_OFFLINE=1 dvc exp run $(DEMO_SETTINGS)
+	@dvc exp remove demo >/dev/null 2>&1 || true  # a rerun replaces the previous demo experiment
+	HF_HUB_OFFLINE=1 dvc exp run --temp --name demo $(DEMO_SETTINGS) $(DEMO_EXTRA)
 	@echo
-	@cat reports/comparison.md
-	@echo "Demo finished. Next:"
-	@echo "  reports/comparison.md           U-Net vs FPN, per-patient Dice first (dvc metrics show: every number)"
-	@echo "  reports/<arch>/figures/          overlays, montages, Dice per patient, ROC, training curves"
-	@echo "  dvc exp show / dvc plots show    experiments and plots (open dvc_plots/index.html)"
-	@echo "  make mlflow-ui                   MLflow UI at http://127.0.0.1:5000 (experiment lggseg-demo)"
-	@echo "  git checkout params.yaml         put the full-size defaults back (the demo set small ones)"
+	@git show "$$(git rev-parse HEAD | sed 's|^\(..\)|refs/exps/\1/|')/demo:reports/comparison.md"
+	@echo
+	@echo "Demo finished; your params.yaml and workspace are unchanged. Next:"
+	@echo "  make exps                        the demo beside your other experiments (dvc exp show, narrowed)"
+	@echo "  make mlflow-ui                   MLflow UI at http://127.0.0.1:5000, experiment lggseg-demo"
+	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
+	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
+
+exps: install  # `dvc exp show` at terminal width: per-patient Dice per architecture, the params that differ
+	@lggseg exps
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 repro: install
 	dvc repro
 
 mlflow-ui: install
+	@mkdir -p mlruns
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db --host 127.0.0.1 --port 5000

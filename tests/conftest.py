@@ -1,5 +1,8 @@
 """Shared fixtures: synthetic data built once per session, the real sample when it is there,
-and the real params.yaml shrunk to CPU-test size."""
+and the committed params.yaml shrunk to CPU-test size.
+
+Tests never read the user's working tree state (params.yaml, data/, mlruns/): `make demo` or an
+experiment may have changed params.yaml, so the defaults come from git (`git show HEAD:params.yaml`)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own sqlite stores
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,6 +30,26 @@ from lggseg.data import synthetic  # noqa: E402
 from lggseg.paths import Paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def committed_params_text() -> str:
+    """params.yaml as committed in git HEAD (the file itself only outside a git checkout, e.g. an sdist)."""
+    try:
+        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (REPO / "params.yaml").read_text()
+
+
+def _write_committed_params() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="lggseg-tests-params-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "params.yaml"
+    path.write_text(committed_params_text())
+    return path
+
+
+PARAMS = _write_committed_params()  # the committed defaults, as a file for load_config and --params
 REAL_SAMPLE = Path(os.environ.get("LGGSEG_REAL_SAMPLE", REPO.parent / "shared" / "realdata" / "kaggle_3m_sample"))
 
 # The real params.yaml, shrunk: 64x64, a light encoder without downloads, few epochs, no workers.
@@ -46,8 +73,8 @@ TINY = (
 
 
 def tiny_config(*overrides: str) -> Config:
-    """The repository's params.yaml with the TINY settings plus `overrides` (later ones win)."""
-    return load_config(REPO / "params.yaml", [*TINY, *overrides])
+    """The committed params.yaml with the TINY settings plus `overrides` (later ones win)."""
+    return load_config(PARAMS, [*TINY, *overrides])
 
 
 @pytest.fixture(scope="session")

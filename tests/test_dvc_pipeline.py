@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY, mlflow_client
+from conftest import PARAMS, REPO, TINY, mlflow_client
+from lggseg.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
 from lggseg.paths import Paths
 
 pytestmark = pytest.mark.slow
@@ -34,8 +35,9 @@ def dvc_repo(tmp_path) -> Path:
     """A git+DVC repository holding the project's pipeline files (code deps included)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
+    shutil.copy(PARAMS, repo / "params.yaml")
     for folder in ("stages", "src"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     _run(["git", "init", "-q"], repo)
@@ -114,8 +116,12 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
         numbers = workspace[f"reports/{arch}/metrics.json"]["data"]
         assert 0 <= numbers["dice_patient_mean"] <= 1 and "detection_auc" in numbers
     assert "up to date" in _run(["dvc", "status"], dvc_repo).stdout
-    exps = _run(["dvc", "exp", "show", "--json"], dvc_repo).stdout
-    assert "train.epochs" in exps or "epochs" in exps
+    # `lggseg exps`: the experiment with its headline Dice and changed params, in 100 columns
+    table = experiments_table(dvc_experiments(dvc_repo))
+    experiment = table[table["experiment"].str.startswith(EXPERIMENT_MARK)].iloc[0]
+    assert experiment["unet test"] == f"{workspace['reports/unet/metrics.json']['data']['dice_patient_mean']:.3f}"
+    assert "train.epochs=2" in experiment["params changed"] and "data.source=synthetic" in experiment["params changed"]
+    assert max(len(line) for line in format_experiments(table).splitlines()) <= 100
     assert (dvc_repo / "reports/comparison.md").is_file()
     assert (dvc_repo / "reports/unet/train_history.csv").is_file()
     plots = _run(["dvc", "plots", "show", "--json"], dvc_repo).stdout

@@ -1,0 +1,94 @@
+"""`lggseg exps`: DVC's experiments at terminal width.
+
+`dvc exp show` puts every param, dependency hash and metric of every architecture in one row, which
+no terminal holds. This view keeps the headline: per architecture the test and val per-patient Dice,
+and the params in which each experiment differs from its baseline commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+from tabulate import tabulate
+
+EXPERIMENT_MARK = "└─ "  # an experiment, under its baseline commit (as in `dvc exp show`)
+HEADLINE = {"dice_patient_mean": "test", "val_dice_patient": "val"}  # metric key -> column suffix
+ARCH_METRICS = re.compile(r"^reports/(?P<arch>[^/]+)/metrics\.json$")
+
+
+def dvc_experiments(root: Path) -> list[dict]:
+    """`dvc exp show --json` in `root` (RuntimeError with DVC's message when it fails)."""
+    # the dvc installed beside this Python (the project's venv), else the one on PATH
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
+    result = subprocess.run([dvc, "exp", "show", "--json", "--no-fetch"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed in {root}: {result.stderr.strip()[-500:]}")
+    return json.loads(result.stdout)
+
+
+def experiments_table(exps: list[dict]) -> pd.DataFrame:
+    """One row per workspace, baseline commit and experiment: name, created, `<arch> test` / `<arch> val`
+    per-patient Dice, and the params that differ from the baseline commit."""
+    rows = []
+    for label, data, baseline in _revisions(exps):
+        params = _flat(_params(data))
+        reference = _flat(_params(baseline))
+        row: dict[str, Any] = {"experiment": label, "created": _created(data.get("timestamp"))}
+        for path, metrics in (data.get("metrics") or {}).items():
+            match = ARCH_METRICS.match(path)
+            for key, suffix in HEADLINE.items():
+                if match:
+                    row[f"{match['arch']} {suffix}"] = _dice((metrics.get("data") or {}).get(key))
+        row["params changed"] = " ".join(f"{k}={v}" for k, v in params.items() if reference.get(k) != v)
+        rows.append(row)
+    table = pd.DataFrame(rows).fillna("-")
+    return table[[c for c in table.columns if c != "params changed"] + ["params changed"]]
+
+
+def format_experiments(table: pd.DataFrame, params_width: int = 36) -> str:
+    return tabulate(table, headers="keys", showindex=False, disable_numparse=True,
+                    maxcolwidths=[None] * (len(table.columns) - 1) + [params_width])
+
+
+def _revisions(exps: list[dict]) -> Iterator[tuple[str, dict, dict]]:
+    """(label, data, baseline data): the workspace, each baseline commit, then its experiments."""
+    baselines = [entry for entry in exps if entry.get("rev") != "workspace"]
+    for entry in exps:
+        data = entry.get("data") or {}
+        if entry.get("rev") == "workspace":
+            yield "workspace", data, (baselines[0].get("data") or {}) if baselines else data
+            continue
+        yield entry.get("name") or entry["rev"][:7], data, data
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                yield f"{EXPERIMENT_MARK}{rev.get('name') or exp.get('name') or rev['rev'][:7]}", rev.get("data") or {}, data
+
+
+def _params(data: dict) -> dict:
+    return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, type(None))) else str(value)
+    return flat
+
+
+def _created(timestamp: str | None) -> str:
+    return pd.Timestamp(timestamp).strftime("%m-%d %H:%M") if timestamp else "-"
+
+
+def _dice(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
