@@ -53,9 +53,12 @@ def experiments_table(exps: list[dict]) -> pd.DataFrame:
     return table[[c for c in table.columns if c != "params changed"] + ["params changed"]]
 
 
-def format_experiments(table: pd.DataFrame, params_width: int = 36) -> str:
-    return tabulate(table, headers="keys", showindex=False, disable_numparse=True,
-                    maxcolwidths=[None] * (len(table.columns) - 1) + [params_width])
+def format_experiments(table: pd.DataFrame, width: int = 100) -> str:
+    """The table as text at most `width` columns wide: the params column wraps into what is left."""
+    options = dict(headers="keys", showindex=False, disable_numparse=True)
+    others = tabulate(table.drop(columns="params changed"), **options)
+    params_width = max(20, width - max(len(line) for line in others.splitlines()) - 2)
+    return tabulate(table, maxcolwidths=[None] * (len(table.columns) - 1) + [params_width], **options)
 
 
 def _revisions(exps: list[dict]) -> Iterator[tuple[str, dict, dict]]:
