@@ -47,11 +47,11 @@ demo: install
 	@dvc exp remove demo >/dev/null 2>&1 || true  # a rerun replaces the previous demo experiment
 	HF_HUB_OFFLINE=1 dvc exp run --temp --name demo $(DEMO_SETTINGS) $(DEMO_EXTRA)
 	@echo
-	@git show "$$(git rev-parse HEAD | sed 's|^\(..\)|refs/exps/\1/|')/demo:reports/comparison.md"
+	@lggseg exps
 	@echo
-	@echo "Demo finished; your params.yaml and workspace are unchanged. Next:"
+	@echo "Demo finished (experiment demo above: test/val = per-patient Dice); params.yaml and workspace unchanged. Next:"
 	@echo "  make exps                        the demo beside your other experiments (dvc exp show, narrowed)"
-	@echo "  make mlflow-ui                   MLflow UI at http://127.0.0.1:5000, experiment lggseg-demo"
+	@echo "  make mlflow-ui                   MLflow UI (link it prints), experiment lggseg-demo"
 	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
 	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
 
@@ -64,6 +64,10 @@ test: install
 repro: install
 	dvc repro
 
+# MLflow 3.17's UI keeps a per-browser "GenAI | Model training" switch (GenAI by default) that decides where
+# an experiment opens; the link below sets it to Model training, so experiments open on their runs
 mlflow-ui: install
 	@mkdir -p mlruns
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db --host 127.0.0.1 --port 5000
+	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
+		--host 127.0.0.1 --port 5000 --workers 1

@@ -84,10 +84,8 @@ def test_quick_start_in_order_on_a_fresh_clone_leaves_git_status_clean(tmp_path)
         outputs[command] = result.stdout
         status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
         assert status == "", f"after {command}, git status shows:\n{status}"
-    assert "champion" in outputs["make demo"] and "Demo finished" in outputs["make demo"]
+    assert re.search(r"^└─ demo .*\d\.\d{3}", outputs["make demo"], re.M) and "Demo finished" in outputs["make demo"]
     assert re.search(r"\d+ passed", outputs["make test"]) and " failed" not in outputs["make test"]
-    exps = subprocess.run([*make, "exps"], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
-    assert re.search(r"^└─ demo .*\d\.\d{3}", exps.stdout, re.M), exps.stdout + exps.stderr
 
 
 @pytest.mark.parametrize("configured", [True, False], ids=["user-identity", "none-configured"])
