@@ -154,7 +154,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(tmp_path, pre
             *[arg for setting in (*TINY, "train.epochs=50") for arg in ("--set", setting)]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background jobs (CI runners among them) inherit SIGINT ignored; Ctrl-C in a terminal is not
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=restore_sigint)
     try:
         for line in process.stdout:  # wait until epoch 1 is done and saved
             if line.startswith("unet epoch 1/50"):
