@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo exps test repro mlflow-ui
+.PHONY: install demo exps test repro push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,10 +64,18 @@ test: install
 repro: install
 	dvc repro
 
+# Share results through the DVC remote (default: the folder ../lggseg-dvc-store; see README "Share and
+# compare" for S3/GCS/Azure/SSH): push after a run, pull instead of retraining
+push: install
+	dvc push --run-cache
+
+pull: install
+	dvc pull --run-cache
+
 # MLflow 3.17's UI keeps a per-browser "GenAI | Model training" switch (GenAI by default) that decides where
-# an experiment opens; the link below sets it to Model training, so experiments open on their runs
+# an experiment opens: switch it to Model training once and experiments open on their runs
 mlflow-ui: install
 	@mkdir -p mlruns
-	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	@echo "Open http://127.0.0.1:5000 and click \"Model training\" (top left) once: experiments then open on their runs"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1

@@ -3,61 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import PARAMS, REPO, TINY, mlflow_client
+from conftest import TINY, mlflow_client
+from dvc_project import make_dvc_repo, run as _run, set_params, stages_run
 from lggseg.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
 from lggseg.paths import Paths
 
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
 @pytest.fixture
 def dvc_repo(tmp_path) -> Path:
-    """A git+DVC repository holding the project's pipeline files (code deps included)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copy(PARAMS, repo / "params.yaml")
-    for folder in ("stages", "src"):
-        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "config", "user.name", "lggseg tests"], repo)
-    _run(["git", "config", "user.email", "tests@lggseg.invalid"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "pipeline"], repo)
-    return repo
-
-
-def _set_params(repo: Path, **values) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for dotted, value in values.items():
-        node = params
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return make_dvc_repo(tmp_path / "repo")
 
 
 def _check_split_and_processed(repo: Path, n_patients: int) -> None:
@@ -71,7 +33,7 @@ def _check_split_and_processed(repo: Path, n_patients: int) -> None:
 
 
 def test_repro_data_stages_synthetic(dvc_repo):
-    _set_params(dvc_repo, data__source="synthetic", data__synthetic__patients=7, preprocess__size=64)
+    set_params(dvc_repo, "data.source=synthetic", "data.synthetic.patients=7", "preprocess.size=64")
     _run(["dvc", "repro", "preprocess"], dvc_repo)
     slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
     assert slices["patient_id"].nunique() == 7 and slices["has_tumor"].any()
@@ -92,7 +54,7 @@ def _zip_tree(tree: Path, archive: Path) -> Path:
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
 def test_repro_data_stages_local_real_sample(dvc_repo, real_sample, tmp_path, as_zip):
     local = _zip_tree(real_sample, tmp_path / "lgg-mri-segmentation.zip") if as_zip else real_sample
-    _set_params(dvc_repo, data__source="local", data__local_path=str(local))
+    set_params(dvc_repo, "data.source=local", f"data.local_path={local}")
     _run(["dvc", "repro", "preprocess"], dvc_repo)
     slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
     assert len(slices) == 116 and int(slices["has_tumor"].sum()) == 37
@@ -113,17 +75,17 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
     workspace = next(iter(metrics.values()))["data"] if "workspace" not in metrics else metrics["workspace"]["data"]
     for arch in ("unet", "fpn"):
-        numbers = workspace[f"reports/{arch}/metrics.json"]["data"]
+        numbers = workspace[f"reports/arch/{arch}/metrics.json"]["data"]
         assert 0 <= numbers["dice_patient_mean"] <= 1 and "detection_auc" in numbers
     assert "up to date" in _run(["dvc", "status"], dvc_repo).stdout
     # `lggseg exps`: the experiment with its headline Dice and changed params, in 100 columns
     table = experiments_table(dvc_experiments(dvc_repo))
     experiment = table[table["experiment"].str.startswith(EXPERIMENT_MARK)].iloc[0]
-    assert experiment["unet test"] == f"{workspace['reports/unet/metrics.json']['data']['dice_patient_mean']:.3f}"
+    assert experiment["unet test"] == f"{workspace['reports/arch/unet/metrics.json']['data']['dice_patient_mean']:.3f}"
     assert "train.epochs=2" in experiment["params changed"] and "data.source=synthetic" in experiment["params changed"]
     assert max(len(line) for line in format_experiments(table).splitlines()) <= 100
     assert (dvc_repo / "reports/comparison.md").is_file()
-    assert (dvc_repo / "reports/unet/train_history.csv").is_file()
+    assert (dvc_repo / "reports/arch/unet/train_history.csv").is_file()
     plots = _run(["dvc", "plots", "show", "--json"], dvc_repo).stdout
     assert "train_history.csv" in plots and "roc.csv" in plots
 
@@ -132,14 +94,17 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
     assert champion.tags["architecture"] in ("unet", "fpn")
     runs = client.search_runs([client.get_experiment_by_name("lggseg-tests").experiment_id])
-    assert {r.info.run_name for r in runs} == {"unet", "fpn"}
+    # runs tell their DVC experiment and what it changed apart in the MLflow UI
+    exp_name = runs[0].data.tags["dvc_exp_name"]
+    assert {r.info.run_name for r in runs} == {f"unet ({exp_name})", f"fpn ({exp_name})"}
     assert all(r.data.tags.get("dvc_stage", "").startswith("train@") for r in runs)
+    assert all("train.epochs=2" in r.data.tags["params_changed"] for r in runs)
 
     # a changed evaluation param re-runs evaluate + compare only, adding registry versions; --temp runs
     # in a copy under .dvc/tmp/exps/ and still logs into this repository's store
     _run(["git", "add", "-A"], dvc_repo)
     _run(["git", "commit", "-qm", "first experiment"], dvc_repo)
     result = _run(["dvc", "exp", "run", "--temp", *_exp_settings("evaluate.threshold=0.4")], dvc_repo)
-    assert "Running stage 'train@unet'" not in result.stdout and "Running stage 'evaluate@unet'" in result.stdout
+    assert set(stages_run(result.stdout)) == {"evaluate@unet", "evaluate@fpn", "compare"}
     assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 2
     assert len(client.search_model_versions("name='lgg-segmentation'")) == 2

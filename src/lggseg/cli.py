@@ -23,8 +23,9 @@ STAGES = {
     "split": "patient-wise train/val/test split -> data/interim/splits.json",
     "preprocess": "resize and store uint8 arrays per split -> data/processed/",
     "train": "train one architecture -> models/<arch>/",
-    "evaluate": "evaluate one architecture on the test patients -> reports/<arch>/",
+    "evaluate": "evaluate one architecture on the test patients -> reports/arch/<arch>/",
     "compare": "compare all architectures, register the champion -> reports/comparison.md",
+    "check-champion": "reload the champion's checkpoint and check it reproduces its recorded test Dice (CI)",
 }
 PER_ARCH = {"train", "evaluate"}
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exps(args)
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
-        stage = getattr(pipeline, args.command)
+        stage = getattr(pipeline, args.command.replace("-", "_"))
         if args.command in PER_ARCH:
             stage(cfg, paths, args.arch)
         else:

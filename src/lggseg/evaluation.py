@@ -32,13 +32,13 @@ from lggseg.metrics import (
 )
 from lggseg.models import load_checkpoint
 from lggseg.paths import Paths
-from lggseg.tracking import Tracker, git_state, read_run_pointer
+from lggseg.tracking import Tracker, TrackingError, git_state, read_run_pointer
 
 log = logging.getLogger(__name__)
 
 MIN_AREA_CANDIDATES = (0, 5, 10, 20, 40, 80, 160)  # pixels at 256x256, scaled with the image size
 CHAMPION_MODEL = "lgg-segmentation"
-# reports/<arch>/metrics.json, the DVC metrics file (`dvc exp show`, `dvc metrics diff`): the headline
+# reports/arch/<arch>/metrics.json, the DVC metrics file (`dvc exp show`, `dvc metrics diff`): the headline
 # numbers only, headline first, so experiment tables stay readable; all_metrics.json holds every number
 HEADLINE_METRICS = (
     "dice_patient_mean", "dice_patient_median", "dice_patient_min", "lcc_dice_patient_mean", "dice_slice_mean",
@@ -75,6 +75,9 @@ def predict_split(model, paths: Paths, split: str, cfg: Config, runtime: Runtime
     loader = DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False, num_workers=0)
     preds, max_probs = [], []
     for _, probs, _ in predict_batches(model, loader, runtime):
+        if not torch.isfinite(probs).all():
+            raise ValueError(f"the model outputs non-finite values on the {split} split: its checkpoint is broken "
+                             "(re-train, with a lower train.lr if it diverged)")
         preds.append((probs[:, 0] > cfg.evaluate.threshold).numpy().astype(np.uint8))
         max_probs.append(probs.amax(dim=(1, 2, 3)).numpy())
     return SplitPredictions(
@@ -130,6 +133,7 @@ def choose_detection_rule(val: SplitPredictions, default_threshold: float) -> tu
 def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     """Test-split metrics, per-patient table, ROC, figures; logged into the training run; model registered."""
     model_dir, report_dir = paths.model_dir(arch), paths.report_dir(arch)
+    tracker, run_id = _training_run(cfg, paths, arch)  # before anything is computed or written
     model, _ = load_checkpoint(model_dir / "best.pt")
     train_summary = json.loads((model_dir / "train_summary.json").read_text())
     runtime = resolve_runtime(cfg.train.device)
@@ -156,8 +160,27 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
 
     example = np.zeros((1, test.images.shape[3], *test.images.shape[1:3]), dtype=np.float32)  # N, C, H, W
-    _log_to_mlflow(cfg, arch, paths, model, example, metrics, figures, train_summary)
+    if tracker is None:
+        write_json(report_dir / "mlflow_model.json", {"run_id": None, "registered": False})
+    else:
+        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, example, metrics, figures, train_summary)
     return metrics
+
+
+def _training_run(cfg: Config, paths: Paths, arch: str) -> tuple[Tracker | None, str | None]:
+    """The store and the training run evaluation logs into, checked to exist; (None, None) when the run is
+    gone and mlflow.register is false (evaluation then works without MLflow, and says so)."""
+    pointer = paths.model_dir(arch) / "mlflow_run.json"
+    run_id = read_run_pointer(pointer)["run_id"]
+    tracker = Tracker(cfg.mlflow, paths.root)
+    try:
+        tracker.require_run(run_id, pointer)
+    except TrackingError:
+        if cfg.mlflow.register:
+            raise
+        log.warning("MLflow run %s (from %s) is not in the store: evaluating without MLflow", run_id, pointer)
+        return None, None
+    return tracker, run_id
 
 
 def _segmentation_metrics(test: SplitPredictions, cfg: Config) -> tuple[pd.DataFrame, dict]:
@@ -211,10 +234,8 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
     return picks[: max(0, count)]
 
 
-def _log_to_mlflow(cfg: Config, arch: str, paths: Paths, model, example: np.ndarray, metrics: dict,
-                   figures: list[Path], train_summary: dict) -> None:
-    tracker = Tracker(cfg.mlflow, paths.root)
-    run_id = read_run_pointer(paths.model_dir(arch) / "mlflow_run.json")["run_id"]
+def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model, example: np.ndarray,
+                   metrics: dict, figures: list[Path], train_summary: dict) -> None:
     report_dir = paths.report_dir(arch)
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and k not in NOT_TEST_METRICS},
                         prefix="test_")
@@ -261,3 +282,23 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
         })
         print(f"registered {CHAMPION_MODEL} version {version} (@champion) = {champion}")
     return {"table": table, "champion": champion, "markdown": written["markdown"]}
+
+
+def check_champion(cfg: Config, paths: Paths) -> dict:
+    """Reload the champion from its checkpoint (as `dvc pull` brings it, no MLflow needed), predict the
+    test split again and check it reproduces the per-patient Dice in its metrics.json: pulled artifacts
+    are complete and usable, or this fails naming what differs."""
+    comparison_path = paths.reports / "comparison.csv"
+    if not comparison_path.is_file():
+        raise FileNotFoundError(f"{comparison_path} is missing (run the compare stage, or dvc pull)")
+    table = pd.read_csv(comparison_path)
+    champion = str(table.loc[table["val_dice_patient"].idxmax(), "architecture"])  # compare's rule
+    model, _ = load_checkpoint(paths.model_dir(champion) / "best.pt")
+    runtime = resolve_runtime(cfg.train.device)
+    test = predict_split(model.to(runtime.device), paths, "test", cfg, runtime)
+    dice = segmentation_summary(count_table(test.truth, test.pred, test.table))["dice_patient_mean"]
+    recorded = json.loads((paths.report_dir(champion) / "metrics.json").read_text())["dice_patient_mean"]
+    if not math.isclose(dice, recorded, abs_tol=1e-4):
+        raise ValueError(f"champion {champion}: models/{champion}/best.pt gives test per-patient Dice {dice:.4f}, "
+                         f"but {paths.report_dir(champion) / 'metrics.json'} records {recorded:.4f}")
+    return {"architecture": champion, "dice_patient_mean": dice, "slices": len(test.pred)}

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 EXPERIMENT_MARK = "└─ "  # an experiment, under its baseline commit (as in `dvc exp show`)
 HEADLINE = {"dice_patient_mean": "test", "val_dice_patient": "val"}  # metric key -> column suffix
-ARCH_METRICS = re.compile(r"^reports/(?P<arch>[^/]+)/metrics\.json$")
+ARCH_METRICS = re.compile(r"^reports/arch/(?P<arch>[^/]+)/metrics\.json$")
 
 
 def dvc_experiments(root: Path) -> list[dict]:

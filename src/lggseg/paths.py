@@ -64,8 +64,19 @@ class Paths:
     def model_dir(self, arch: str) -> Path:
         return self.root / "models" / arch
 
+    @property
+    def arch_reports(self) -> Path:
+        """Per-architecture reports (train and evaluate outs); the comparison lies beside, not inside, so
+        `compare` can depend on this folder and declare its own outputs."""
+        return self.reports / "arch"
+
     def report_dir(self, arch: str) -> Path:
-        return self.reports / arch
+        return self.arch_reports / arch
+
+    @property
+    def locks(self) -> Path:
+        """Per-architecture locks (lggseg.locks); ignored by git, outside every DVC out."""
+        return self.root / ".lggseg" / "locks"
 
     @property
     def mlruns(self) -> Path:

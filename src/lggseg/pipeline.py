@@ -72,9 +72,11 @@ def check_architecture(cfg: Config, arch: str) -> None:
 
 def train(cfg: Config, paths: Paths, arch: str) -> None:
     check_architecture(cfg, arch)
+    from lggseg.locks import architecture_lock
     from lggseg.training import train_architecture  # imports torch: only after the config is known to be good
 
-    summary = train_architecture(cfg, arch, paths)
+    with architecture_lock(paths, arch, "trained"):
+        summary = train_architecture(cfg, arch, paths)
     print(f"{arch}: best val per-patient Dice {summary['val_dice_patient']:.4f} at epoch {summary['best_epoch']} "
           f"of {summary['epochs_run']} (MLflow run {summary['run_id']})")
 
@@ -82,8 +84,10 @@ def train(cfg: Config, paths: Paths, arch: str) -> None:
 def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
     check_architecture(cfg, arch)
     from lggseg.evaluation import evaluate_architecture
+    from lggseg.locks import architecture_lock
 
-    metrics = evaluate_architecture(cfg, arch, paths)
+    with architecture_lock(paths, arch, "evaluated"):
+        metrics = evaluate_architecture(cfg, arch, paths)
     auc = metrics["detection_auc"]
     print(f"{arch}: test per-patient Dice {metrics['dice_patient_mean']:.4f} (median {metrics['dice_patient_median']:.4f}, "
           f"{metrics['n_patients']} patients), per-slice {metrics['dice_slice_mean']:.4f}, "
@@ -97,3 +101,11 @@ def compare(cfg: Config, paths: Paths) -> None:
     columns = ["architecture", "val_dice_patient", "dice_patient_mean", "dice_slice_mean", "detection_auc"]
     print(result["table"][columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"champion (best val per-patient Dice): {result['champion']} -> {result['markdown']}")
+
+
+def check_champion(cfg: Config, paths: Paths) -> None:
+    from lggseg.evaluation import check_champion as check
+
+    result = check(cfg, paths)
+    print(f"champion {result['architecture']}: reloaded from its checkpoint, {result['slices']} test slices, "
+          f"per-patient Dice {result['dice_patient_mean']:.4f} as recorded")

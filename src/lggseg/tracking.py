@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from lggseg.atomic import write_json
-from lggseg.config import MlflowConfig
+from lggseg.config import Config, MlflowConfig, changed_params, committed_config
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ EXPERIMENT_TAGS = {
         "lggseg: FLAIR-abnormality (lower-grade glioma) segmentation on the LGG MRI Segmentation data set. "
         "One run per architecture and pipeline run: per-epoch training and validation metrics, then `test_*` "
         "metrics on held-out patients (headline: test_dice_patient_mean, the mean per-patient 3-D Dice), "
-        "figures under evaluation/, and registered models lgg-<arch> (@candidate) and lgg-segmentation (@champion)."
+        "figures under evaluation/, and registered models `lgg-<arch>` (@candidate) and `lgg-segmentation` (@champion)."
     ),
 }
 
@@ -78,6 +78,24 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+def run_name(arch: str) -> str:
+    """`unet`, or `unet (bold-oryx)` inside `dvc exp run`, so experiments tell apart in the MLflow UI."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{arch} ({experiment})" if experiment else arch
+
+
+def params_changed_tag(cfg: Config, root: Path) -> dict[str, str]:
+    """`params_changed`: the params that differ from the committed params.yaml (of the experiment's
+    baseline inside `dvc exp run`), e.g. `train.lr=0.001 train.epochs=8`; `-` when none differ."""
+    repo = os.environ.get("DVC_ROOT") or str(project_root(root))
+    base = committed_config(repo, os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD")
+    if base is None:
+        return {}
+    changed = changed_params(cfg, base)
+    text = " ".join(f"{k}={'null' if v is None else _param_value(v)}" for k, v in changed.items())
+    return {"params_changed": text[:5000] or "-"}
+
+
 class Tracker:
     """An MLflow client bound to one store and experiment, created once per stage."""
 
@@ -89,32 +107,77 @@ class Tracker:
         self.root = project_root(root)
         self.uri = resolve_tracking_uri(cfg, root)
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.experiment_id = self._experiment()
+        if self.uri.startswith(("http://", "https://")):
+            self._check_server()
+        with self._store_guard(), self._creation_lock():
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id = self._experiment()
+            self.client.search_registered_models(max_results=1)  # the registry's tables exist too
+
+    @contextlib.contextmanager
+    def _creation_lock(self) -> Iterator[None]:
+        """Serialise first use of a local sqlite store: two first runs at once would both try to create
+        its tables, and one died in alembic's migration."""
+        if not self.uri.startswith("sqlite:///"):
+            yield
+            return
+        from filelock import FileLock
+
+        database = Path(self.uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{database}.lock", timeout=120):
+            yield
+
+    @contextlib.contextmanager
+    def _store_guard(self, doing: str = "use") -> Iterator[None]:
+        """Any failure of the store becomes one TrackingError line naming the store (credentials hidden)."""
+        try:
+            yield
+        except TrackingError:
+            raise
+        except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
+            raise TrackingError(
+                f"cannot {doing} the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
+                f"{type(exc).__name__}: {_redact(str(exc)).splitlines()[0][:300] if str(exc) else ''}. "
+                "Check the store (a damaged mlruns/mlflow.db can be moved aside to start a new one) or "
+                "MLFLOW_TRACKING_URI / mlflow.tracking_uri."
+            ) from None
+
+    def require_run(self, run_id: str, pointer: Path) -> None:
+        """The training run `pointer` (models/<arch>/mlflow_run.json) names must be in this store."""
+        from mlflow.exceptions import MlflowException
+
+        with self._store_guard("read"):
+            try:
+                self.client.get_run(run_id)
+                return
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        raise TrackingError(
+            f"{pointer} points at MLflow run {run_id}, which the tracking store {_redact(self.uri)} does not have "
+            "(a different or re-created store?). Re-train (dvc repro -f train@<arch>, or lggseg train), point "
+            "MLFLOW_TRACKING_URI at the store that has the run, or set mlflow.register: false to evaluate "
+            "without MLflow."
+        )
 
     def _experiment(self) -> str:
         """Get or create the experiment; this is also the early connectivity check."""
-        if self.uri.startswith(("http://", "https://")):
-            self._check_server()
-        try:
-            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
-            if experiment is None:
-                artifacts = None
-                if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
-                    artifacts = (self.root / "mlruns" / "artifacts").as_uri()
-                experiment_id = self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-                tags: Mapping[str, str] = {}
-            else:
-                experiment_id, tags = experiment.experiment_id, experiment.tags
-            for key, value in EXPERIMENT_TAGS.items():
-                if key not in tags:  # also marks experiments made before these tags existed
-                    self.client.set_experiment_tag(experiment_id, key, value)
-            return experiment_id
-        except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
-            raise TrackingError(
-                f"cannot use the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
-                f"{type(exc).__name__}: {_redact(str(exc))[:300]}. Check MLFLOW_TRACKING_URI / mlflow.tracking_uri."
-            ) from None
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:///"):
+                # beside the database, wherever it is: MLflow's default (./mlruns under the working
+                # directory) would scatter artifacts into whichever folder a stage runs in
+                artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+            experiment_id = self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+            tags: Mapping[str, str] = {}
+        else:
+            experiment_id, tags = experiment.experiment_id, experiment.tags
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in tags:  # also marks experiments made before these tags existed
+                self.client.set_experiment_tag(experiment_id, key, value)
+        return experiment_id
 
     def _check_server(self, timeout: float = 5.0) -> None:
         """One quick request instead of MLflow's retries with back-off (minutes) on a dead server."""
@@ -162,18 +225,13 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
-        """Numeric metrics only (NaN/inf and non-numbers are skipped with a debug note)."""
+        """Numeric metrics (non-numbers are skipped). NaN and inf are logged as what they are: a diverging
+        loss must show, not vanish."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = []
-        for key, value in metrics.items():
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-                continue
-            if not np.isfinite(value):
-                log.debug("skipping non-finite metric %s=%s", key, value)
-                continue
-            items.append(Metric(prefix + key, float(value), now, step or 0))
+        items = [Metric(prefix + key, float(value), now, step or 0) for key, value in metrics.items()
+                 if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))]
         if items:
             self.client.log_batch(run_id, metrics=items)
 
@@ -225,7 +283,10 @@ class Tracker:
     def _fluent(self) -> Iterator[None]:
         """Point MLflow's global (fluent) API at this store for one call, then put it back:
         `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI, which would leak into later stores."""
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                                                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")}
+        # MLflow prints "View run ... at: <uri>" when a fluent run ends: the URI may hold credentials
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self._mlflow.set_tracking_uri(self.uri)
         self._mlflow.set_registry_uri(self.uri)
         try:

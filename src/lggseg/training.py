@@ -25,7 +25,7 @@ from lggseg.inference import predict_batches
 from lggseg.metrics import SliceCountAccumulator, segmentation_summary
 from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from lggseg.paths import Paths
-from lggseg.tracking import Tracker, environment_tags, git_state, save_run_pointer
+from lggseg.tracking import Tracker, environment_tags, git_state, params_changed_tag, run_name, save_run_pointer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class TrainingState:
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where it stopped and how to resume."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the weights or the model's outputs stopped being finite numbers."""
 
 
 def processed_manifest(paths: Paths) -> dict:
@@ -114,7 +118,7 @@ def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.G
 
 
 def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
-    """Train one architecture; writes models/<arch>/ and reports/<arch>/train_history.csv."""
+    """Train one architecture; writes models/<arch>/ and reports/arch/<arch>/train_history.csv."""
     tcfg = cfg.train
     manifest = processed_manifest(paths)
     spec = ModelSpec(arch=arch, encoder=cfg.model.encoder, encoder_weights=cfg.model.encoder_weights,
@@ -151,26 +155,30 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
             scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["torch_rng"])
         generator.set_state(checkpoint["loader_rng"])
+        _set_augmentation_rng(train_loader.dataset.transform, checkpoint.get("augmentation_rng"))
     loss_fn = build_loss(tcfg.loss)
 
     tags = {
-        **git_state(paths.root), **environment_tags(), "architecture": arch, "data_fingerprint": manifest["fingerprint"],
+        **git_state(paths.root), **environment_tags(), **params_changed_tag(cfg, paths.root), "architecture": arch, "data_fingerprint": manifest["fingerprint"],
         "device": runtime.name, "data_source": cfg.data.source, "stage": "train",
     }
     params = {**cfg.flat(TRAIN_SECTIONS), "data.source": cfg.data.source, "train.architecture": arch,
               "data.train_slices": len(train_loader.dataset), "data.val_slices": len(val_loader.dataset)}
-    state.run_id = tracker.start_run(arch, params, tags, run_id=state.run_id)
+    state.run_id = tracker.start_run(run_name(arch), params, tags, run_id=state.run_id)
     save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
     write_json(model_dir / "model.json", spec.to_dict())
     history_path = paths.report_dir(arch) / "train_history.csv"
+    if state.history:  # a resumed run: what a kill left unlogged after last.pt was written
+        _log_missing_epochs(tracker, state)
+        write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
 
     status = "FAILED"
     try:
         while state.epoch < tcfg.epochs:
             epoch = state.epoch + 1
             row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, epoch)
+            _check_finite_epoch(model, row, epoch, tcfg)
             state.history.append(row)
-            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             improved = state.record(epoch, row["val_dice_patient"])
             if improved:
                 save_checkpoint(best_path, model, spec, epoch=epoch, val_dice_patient=row["val_dice_patient"])
@@ -181,7 +189,11 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
                 last_path, model, spec, state=state.__dict__, optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
                 torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
+                augmentation_rng=_augmentation_rng(train_loader.dataset.transform),
             )
+            # logged after last.pt holds the epoch: a kill in between is caught up on resume, so each
+            # epoch reaches MLflow exactly once
+            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
             print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
             if state.should_stop(tcfg.early_stopping_patience):
@@ -189,6 +201,11 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
                       f"{tcfg.early_stopping_patience})", flush=True)
                 break
         status = "FINISHED"
+    except TrainingDiverged as exc:
+        kept = (f"best.pt and last.pt keep the last finite state (epoch {state.epoch})" if state.epoch
+                else "nothing was saved")
+        tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
+        raise TrainingDiverged(f"{arch}: {exc}; {kept}") from None
     except KeyboardInterrupt:
         status = "KILLED"
         done = f"{state.epoch} epoch(s) completed and saved in {last_path}" if state.epoch else "no epoch completed"
@@ -212,16 +229,20 @@ def _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runt
     model.train()
     total_loss, seen = 0.0, 0
     bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
-    for batch in bar:
+    for batch_index, batch in enumerate(bar, start=1):
         images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), masks)
+        value = loss.item()  # one host sync per batch: the running loss needs it anyway
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged in epoch {epoch}, batch {batch_index}: the train loss is "
+                                   f"{value}; lower train.lr (now {cfg.lr:g}), e.g. --set train.lr={cfg.lr / 10:g}")
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(images)
+        total_loss += value * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     train_seconds = time.perf_counter() - started
@@ -238,12 +259,50 @@ def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: fl
     counts = SliceCountAccumulator()
     total_loss, seen = 0.0, 0
     for logits, probs, batch in predict_batches(model, loader, runtime):
+        if not torch.isfinite(logits).all():
+            # NaN logits threshold to empty masks, and empty slices score Dice 1: refuse instead of a
+            # plausible-looking number
+            raise TrainingDiverged("the model outputs non-finite values on the val split")
         total_loss += loss_fn(logits, batch["mask"]).item() * len(logits)
         seen += len(logits)
         counts.add((probs > threshold).long(), batch["mask"].long(), batch["patient_id"], batch["slice"].tolist())
     summary = segmentation_summary(counts.table())
     return {"val_loss": total_loss / max(seen, 1), "val_dice_slice": summary["dice_slice_mean"],
             "val_dice_patient": summary["dice_patient_mean"]}
+
+
+def _check_finite_epoch(model: torch.nn.Module, row: dict, epoch: int, cfg: TrainConfig) -> None:
+    """After an epoch, before anything is saved: finite losses and finite weights, or TrainingDiverged."""
+    bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(row[k])]
+    if not bad and not all(torch.isfinite(p).all() for p in model.parameters()):
+        bad = ["weights"]
+    if bad:
+        raise TrainingDiverged(f"training diverged in epoch {epoch}: {', '.join(bad)} not finite; lower train.lr "
+                               f"(now {cfg.lr:g}), e.g. --set train.lr={cfg.lr / 10:g}")
+
+
+def _log_missing_epochs(tracker: Tracker, state: TrainingState) -> None:
+    logged = {m.step for m in tracker.client.get_metric_history(state.run_id, "val_dice_patient")}
+    for row in state.history:
+        if row["epoch"] not in logged:
+            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+
+def _augmentation_rng(transform) -> list[dict] | None:
+    """The augmentation's random state: albumentations gives the pipeline and each transform in it a
+    numpy and a python generator of their own."""
+    if transform is None:
+        return None
+    return [{"numpy": t.random_generator.bit_generator.state, "python": t.py_random.getstate()}
+            for t in (transform, *transform.transforms)]
+
+
+def _set_augmentation_rng(transform, states: list[dict] | None) -> None:
+    if transform is None or states is None:
+        return
+    for t, state in zip((transform, *transform.transforms), states, strict=True):
+        t.random_generator.bit_generator.state = state["numpy"]
+        t.py_random.setstate(state["python"])
 
 
 def _epoch_line(arch: str, row: dict, epochs: int, improved: bool) -> str:
