@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from lggseg.config import Config, ConfigError, load_config
+from lggseg.config import Config, ConfigError, load_config, ranges
 
-from conftest import PARAMS, tiny_config
+from conftest import PARAMS, committed_params_text, tiny_config
 
 
 def test_repo_params_load_with_documented_defaults():
@@ -25,21 +25,141 @@ def test_overrides_parse_yaml_values():
     assert cfg.preprocess.in_channels == 1
 
 
-@pytest.mark.parametrize(
-    "override, key",
-    [
-        ("train.epocs=3", "train.epocs"),
-        ("train.epochs=many", "train.epochs"),
-        ("data.source=ftp", "data.source"),
-        ("train.loss=focal", "train.loss"),
-        ("split.test_fraction=0.9", "split.val_fraction + split.test_fraction"),
-        ("preprocess.size=100", "preprocess.size"),
-        ("data.index.strict=maybe", "data.index.strict"),
-    ],
-)
-def test_bad_values_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("+", r"\+")):
+# At least one bad value for every leaf key of params.yaml, with the message it must give
+# (after the source prefix): `<key> must be <rule>; got <value>`. test_bad_values_table_covers_every_param
+# fails when a param is added without a row here.
+BAD_VALUES = [
+    ("data.source=ftp", "data.source must be one of auto, kaggle, local, synthetic; got 'ftp'"),
+    ("data.local_path=3", "data.local_path must be a non-empty string; got 3"),
+    ("data.kaggle_dataset=''", "data.kaggle_dataset must be a non-empty string; got ''"),
+    ("data.index.strict=maybe", "data.index.strict must be true or false; got 'maybe'"),
+    ("data.synthetic.patients=0", "data.synthetic.patients must be >= 1; got 0"),
+    ("data.synthetic.slices_min=0", "data.synthetic.slices_min must be >= 1; got 0"),
+    ("data.synthetic.slices_min=30",  # TINY has slices_max=22
+     "data.synthetic.slices_min must be <= data.synthetic.slices_max; got slices_min=30, slices_max=22"),
+    ("data.synthetic.slices_max=-1", "data.synthetic.slices_max must be >= 1; got -1"),
+    ("data.synthetic.slices_max=10",
+     "data.synthetic.slices_min must be <= data.synthetic.slices_max; got slices_min=20, slices_max=10"),
+    ("data.synthetic.seed=-1", "data.synthetic.seed must be in [0, 4294967295]; got -1"),
+    ("data.synthetic.seed=4294967296", "data.synthetic.seed must be in [0, 4294967295]; got 4294967296"),
+    ("split.val_fraction=1", "split.val_fraction must be in [0, 1); got 1"),
+    ("split.val_fraction=-0.1", "split.val_fraction must be in [0, 1); got -0.1"),
+    ("split.test_fraction=0.9",
+     "split.val_fraction + split.test_fraction must be < 1 (patients are left for train); got 0.15 + 0.9"),
+    ("split.test_fraction=.inf", "split.test_fraction must be a finite number; got inf"),
+    ("split.seed=x", "split.seed must be an integer; got 'x'"),
+    ("split.tumor_bins=0", "split.tumor_bins must be >= 1; got 0"),
+    ("split.folds=0", "split.folds must be >= 1; got 0"),
+    ("split.fold=-1", "split.fold must be >= 0; got -1"),
+    ("split.fold=5", "split.fold must be < split.folds (folds count from 0); got fold=5, folds=1"),
+    ("preprocess.size=100", "preprocess.size must be a multiple of 32 (encoders downsample by 32); got 100"),
+    ("preprocess.size=0", "preprocess.size must be >= 32; got 0"),
+    ("preprocess.channels=rgb", "preprocess.channels must be one of all, flair; got 'rgb'"),
+    ("augment.enabled=2", "augment.enabled must be true or false; got 2"),
+    ("augment.hflip_p=5.0", "augment.hflip_p must be in [0, 1]; got 5.0"),
+    ("augment.affine_p=-0.1", "augment.affine_p must be in [0, 1]; got -0.1"),
+    ("augment.shift_limit=1.5", "augment.shift_limit must be in [0, 1]; got 1.5"),
+    ("augment.scale_limit=1", "augment.scale_limit must be in [0, 1); got 1"),
+    ("augment.rotate_limit=181", "augment.rotate_limit must be in [0, 180]; got 181"),
+    ("augment.rotate_limit=-15", "augment.rotate_limit must be in [0, 180]; got -15"),
+    ("augment.brightness_contrast_p=1.01", "augment.brightness_contrast_p must be in [0, 1]; got 1.01"),
+    ("augment.brightness_limit=2", "augment.brightness_limit must be in [0, 1]; got 2"),
+    ("augment.contrast_limit=-0.5", "augment.contrast_limit must be in [0, 1]; got -0.5"),
+    ("augment.elastic_p=.nan", "augment.elastic_p must be a finite number; got nan"),
+    ("model.architectures=[]", "model.architectures must be a non-empty list; got []"),
+    ("model.architectures=[unet, foo]", "model.architectures: unknown architecture(s) foo; valid: deeplabv3"),
+    ("model.encoder=resnet99", "model.encoder: unknown encoder 'resnet99'"),
+    ("model.encoder_weights=3", "model.encoder_weights must be a non-empty string; got 3"),
+    ("train.epochs=0", "train.epochs must be >= 1; got 0"),
+    ("train.epochs=many", "train.epochs must be an integer; got 'many'"),
+    ("train.batch_size=0", "train.batch_size must be >= 1; got 0"),
+    ("train.lr=0", "train.lr must be > 0; got 0"),
+    ("train.lr=-1e-3", "train.lr must be > 0; got -0.001"),
+    ("train.lr=.nan", "train.lr must be a finite number; got nan"),
+    ("train.lr=fast", "train.lr must be a number; got 'fast'"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0; got -1"),
+    ("train.loss=focal", "train.loss must be one of bce, dice, bce_dice; got 'focal'"),
+    ("train.scheduler=step", "train.scheduler must be one of none, cosine, plateau; got 'step'"),
+    ("train.early_stopping_patience=-1", "train.early_stopping_patience must be >= 0; got -1"),
+    ("train.device=''", "train.device must be a non-empty string; got ''"),
+    ("train.num_workers=-1", "train.num_workers must be >= 0; got -1"),
+    ("train.seed=-1", "train.seed must be in [0, 4294967295]; got -1"),
+    ("train.resume=1", "train.resume must be true or false; got 1"),
+    ("train.threshold=0", "train.threshold must be in (0, 1); got 0"),
+    ("train.threshold=1", "train.threshold must be in (0, 1); got 1"),
+    ("evaluate.threshold=1.5", "evaluate.threshold must be in (0, 1); got 1.5"),
+    ("evaluate.largest_component=null", "evaluate.largest_component must be true or false; got None"),
+    ("evaluate.batch_size=0", "evaluate.batch_size must be >= 1; got 0"),
+    ("evaluate.figures_patients=4", "evaluate.figures_patients must be in [0, 3]; got 4"),
+    ("evaluate.figures_patients=-1", "evaluate.figures_patients must be in [0, 3]; got -1"),
+    ("mlflow.experiment=''", "mlflow.experiment must be a non-empty string; got ''"),
+    ("mlflow.tracking_uri=[a]", "mlflow.tracking_uri must be a non-empty string; got ['a']"),
+    ("mlflow.register=maybe", "mlflow.register must be true or false; got 'maybe'"),
+]
+
+
+def test_bad_values_table_covers_every_param():
+    covered = {override.partition("=")[0] for override, _ in BAD_VALUES}
+    assert covered == set(Config().flat()), "add a row to BAD_VALUES for each new param (and drop gone ones)"
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_bad_value_is_refused_naming_key_and_value(override, message):
+    with pytest.raises(ConfigError) as caught:
         tiny_config(override)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_numeric_param_declares_a_range():
+    numeric = {k for k, v in Config().flat().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numeric == set(ranges())
+
+
+@pytest.mark.parametrize("key, bound", [(k, b) for k, r in ranges().items() for b in (r.ge, r.le) if b is not None])
+def test_inclusive_bounds_are_accepted(key, bound):
+    extra = ["data.synthetic.slices_min=1"] if key == "data.synthetic.slices_max" else []  # keep min <= max
+    cfg = tiny_config(*extra, f"{key}={bound}")
+    assert cfg.flat()[key] == bound
+
+
+def test_first_bad_key_in_field_order_is_reported():
+    """Several bad values: the message is the same on every run (not set order)."""
+    with pytest.raises(ConfigError, match=r"train\.epochs must be >= 1; got 0"):
+        tiny_config("train.lr=0", "evaluate.batch_size=0", "train.epochs=0")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train\.epocs; valid keys under train: "):
+        tiny_config("train.epocs=3")
+
+
+@pytest.mark.parametrize("text, value", [("1e3", 1000.0), ("1e-3", 0.001), ("'2.5E-4'", 2.5e-4), ("1", 1.0)])
+def test_floats_accept_exponent_notation_in_overrides(text, value):
+    """PyYAML reads `1e3` (no dot) as a string; `dvc exp run -S train.lr=1e3` means the number."""
+    lr = tiny_config(f"train.lr={text}").train.lr
+    assert lr == pytest.approx(value) and type(lr) is float
+
+
+def test_floats_accept_exponent_notation_in_params_file(tmp_path):
+    text = committed_params_text()
+    assert "lr: 1.0e-4" in text and "rotate_limit: 15 " in text
+    params = tmp_path / "params.yaml"
+    params.write_text(text.replace("lr: 1.0e-4", "lr: 1e-3").replace("rotate_limit: 15 ", "rotate_limit: 1.5e1 "))
+    cfg = load_config(params)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.augment.rotate_limit == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", "nan", "inf", "-Infinity", "1e400", "9" * 400])
+def test_floats_must_be_finite(text):
+    with pytest.raises(ConfigError, match=r"train\.lr must be a finite number; got "):
+        tiny_config(f"train.lr={text}")
+
+
+@pytest.mark.parametrize("text", ["2.5", "2.0", "1e3", "'3'", "true"])
+def test_ints_stay_strict(text):
+    with pytest.raises(ConfigError, match=r"train\.epochs must be an integer; got "):
+        tiny_config(f"train.epochs={text}")
 
 
 def test_missing_params_file_is_named(tmp_path):

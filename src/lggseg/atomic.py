@@ -1,36 +1,48 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+Every temporary name carries the writer's process ID, so the next writer of the same target can tell
+what a killed run (kill -9, power loss) left behind from what a live one is still writing:
+
+    .<name>.<pid>.<12 hex>.tmp       a file being written (atomic_path)
+    .<name>.staging.<pid>.<12 hex>   a folder being assembled (staged_dir)
+    .<name>.old.<pid>                the previous folder, during the swap (replace_dir)
+
+`atomic_path` and `staged_dir` call `remove_stale` for their target first, so each stage cleans up
+after its killed predecessor.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+LEGACY_STALE_AFTER_S = 3600
+"""Temporary names without a PID (written before PIDs were part of the name) count as stale after this age."""
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds.
 
-    The file gets the permissions a plain open() would give (mkstemp alone would force 0600)."""
+    The file gets the permissions a plain open() would give (the umask applies)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, target)
     finally:
@@ -75,8 +87,9 @@ def staged_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result should read like any folder
+    remove_stale(target)
+    staging = target.with_name(f".{target.name}.staging.{os.getpid()}.{secrets.token_hex(6)}")
+    staging.mkdir(mode=0o777)  # the umask applies: the result reads like any folder
     try:
         yield staging
         replace_dir(staging, target)
@@ -101,3 +114,92 @@ def replace_dir(new: Path, target: Path) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary files and folders that writers of `target` left beside it and no longer own.
+
+    Only names of the patterns above for this very target, and only when the process named in them is
+    gone (names without a PID: when older than LEGACY_STALE_AFTER_S). A backup of a folder swap that was
+    killed half-way is put back as `target` when `target` is missing, so the old version survives.
+    Returns the paths removed or restored."""
+    target = Path(target)
+    patterns = _leftover_patterns(target.name)
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(f".{target.name}.")]
+    except FileNotFoundError:
+        return []
+    handled = []
+    for entry in entries:
+        kind, pid = _match_leftover(patterns, entry.name)
+        if kind is None:
+            continue
+        path = Path(entry.path)
+        if pid is not None:
+            if _process_alive(pid):
+                continue
+            owner = f"process {pid}, no longer running"
+        else:
+            if not _older_than(path, LEGACY_STALE_AFTER_S):
+                continue
+            owner = f"an unnamed process, more than {LEGACY_STALE_AFTER_S // 60} minutes ago"
+        if kind == "backup" and not os.path.lexists(target):
+            os.replace(path, target)
+            log.warning("restored %s from %s (left by %s during a folder swap)", target, path.name, owner)
+        else:
+            _remove(path)
+            if os.path.lexists(path):
+                log.warning("could not remove stale %s (left by %s)", path, owner)
+                continue
+            log.info("removed stale %s (left by %s)", path, owner)
+        handled.append(path)
+    return handled
+
+
+def _leftover_patterns(name: str) -> dict[str, re.Pattern]:
+    n = re.escape(name)
+    return {
+        "tmp": re.compile(rf"\.{n}\.(?P<pid>\d+)\.[0-9a-f]{{12}}\.tmp"),
+        "staging": re.compile(rf"\.{n}\.staging\.(?P<pid>\d+)\.[0-9a-f]{{12}}"),
+        "backup": re.compile(rf"\.{n}\.old\.(?P<pid>\d+)"),
+        # tempfile.mkstemp / mkdtemp names of earlier versions: 8 characters, no PID
+        "legacy_tmp": re.compile(rf"\.{n}\.[a-z0-9_]{{8}}\.tmp"),
+        "legacy_staging": re.compile(rf"\.{n}\.staging\.[a-z0-9_]{{8}}"),
+    }
+
+
+def _match_leftover(patterns: dict[str, re.Pattern], filename: str) -> tuple[str | None, int | None]:
+    for kind, pattern in patterns.items():
+        match = pattern.fullmatch(filename)
+        if match:
+            pid = match.groupdict().get("pid")
+            return kind, None if pid is None else int(pid)
+    return None, None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would terminate the process: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OverflowError:  # larger than any PID
+        return False
+    return True
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,16 +1,20 @@
 """Typed configuration: `params.yaml` (+ `--set key=value` overrides) -> validated dataclasses.
 
 No other module reads `params.yaml`; stages receive a `Config` and pass plain values on.
+Each numeric field declares its allowed values next to it (`Annotated[int, Range(ge=1)]`); they are
+checked at load, before any work, and every message reads `<key> must be <rule>; got <value>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import subprocess
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -22,11 +26,53 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric param may take, declared on its field: `epochs: Annotated[int, Range(ge=1)]`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    why: str = ""  # appended to the rule in the message, e.g. "(encoders downsample by 32)"
+
+    def broken_rule(self, value: float) -> str | None:
+        """The rule `value` breaks ("in [0, 1]", "a multiple of 32"), None when it is allowed."""
+        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
+            return self.bounds()
+        if self.multiple_of and value % self.multiple_of:
+            return f"a multiple of {self.multiple_of}" + (f" ({self.why})" if self.why else "")
+        return None
+
+    def bounds(self) -> str:
+        """`>= 1`, `> 0`, `in [0, 1]`, `in (0, 1)`, ..."""
+        low = self.ge if self.ge is not None else self.gt
+        high = self.le if self.le is not None else self.lt
+        if low is not None and high is not None:
+            return f"in {'[' if self.ge is not None else '('}{low}, {high}{']' if self.le is not None else ')'}"
+        if low is not None:
+            return f"{'>=' if self.ge is not None else '>'} {low}"
+        if high is not None:
+            return f"{'<=' if self.le is not None else '<'} {high}"
+        return "any number"
+
+
+# the ranges shared by several params
+AtLeastOne = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
+Probability = Annotated[float, Range(ge=0, le=1)]
+Threshold = Annotated[float, Range(gt=0, lt=1)]  # probability cut-off: 0 or 1 would make every pixel one class
+Fraction = Annotated[float, Range(ge=0, lt=1)]  # of the patients; something must be left for train
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
-    patients: int = 24
-    slices_min: int = 20
-    slices_max: int = 40
-    seed: int = 42
+    patients: AtLeastOne = 24
+    slices_min: AtLeastOne = 20  # <= slices_max, checked in validate()
+    slices_max: AtLeastOne = 40
+    seed: Seed = 42
 
 
 @dataclass(frozen=True)
@@ -45,17 +91,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
-    tumor_bins: int = 3
-    folds: int = 1
-    fold: int = 0
+    val_fraction: Fraction = 0.15  # val + test < 1, checked in validate()
+    test_fraction: Fraction = 0.15
+    seed: Seed = 42
+    tumor_bins: AtLeastOne = 3
+    folds: AtLeastOne = 1
+    fold: NonNegativeInt = 0  # < folds, checked in validate()
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    size: int = 256
+    size: Annotated[int, Range(ge=32, multiple_of=32, why="encoders downsample by 32")] = 256
     channels: Literal["all", "flair"] = "all"
 
     @property
@@ -66,15 +112,15 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     enabled: bool = True
-    hflip_p: float = 0.5
-    affine_p: float = 0.5
-    shift_limit: float = 0.0625
-    scale_limit: float = 0.1
-    rotate_limit: float = 15.0
-    brightness_contrast_p: float = 0.3
-    brightness_limit: float = 0.1
-    contrast_limit: float = 0.1
-    elastic_p: float = 0.0
+    hflip_p: Probability = 0.5
+    affine_p: Probability = 0.5
+    shift_limit: Annotated[float, Range(ge=0, le=1)] = 0.0625  # fraction of the image size
+    scale_limit: Annotated[float, Range(ge=0, lt=1)] = 0.1  # zoom in [1 - limit, 1 + limit]; 1 would shrink to 0
+    rotate_limit: Annotated[float, Range(ge=0, le=180)] = 15.0  # degrees
+    brightness_contrast_p: Probability = 0.3
+    brightness_limit: Annotated[float, Range(ge=0, le=1)] = 0.1
+    contrast_limit: Annotated[float, Range(ge=0, le=1)] = 0.1
+    elastic_p: Probability = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,26 +132,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 25
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    epochs: AtLeastOne = 25
+    batch_size: AtLeastOne = 16
+    lr: Annotated[float, Range(gt=0)] = 1e-4
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
     loss: Literal["bce", "dice", "bce_dice"] = "bce"
     scheduler: Literal["none", "cosine", "plateau"] = "none"
-    early_stopping_patience: int = 0
+    early_stopping_patience: NonNegativeInt = 0  # 0 = off
     device: str = "auto"
-    num_workers: int = 2
-    seed: int = 42
+    num_workers: NonNegativeInt = 2
+    seed: Seed = 42
     resume: bool = False
-    threshold: float = 0.5
+    threshold: Threshold = 0.5
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    threshold: float = 0.5
+    threshold: Threshold = 0.5
     largest_component: bool = True
-    batch_size: int = 32
-    figures_patients: int = 3
+    batch_size: AtLeastOne = 32
+    figures_patients: Annotated[int, Range(ge=0, le=3)] = 3  # best, median, worst
 
 
 @dataclass(frozen=True)
@@ -163,6 +209,23 @@ def load_config(params_path: str | Path = "params.yaml", overrides: Sequence[str
     return config_from_dict(raw, source=str(path))
 
 
+def committed_config(root: str | Path, rev: str = "HEAD") -> Config | None:
+    """params.yaml as committed at `rev` in the git repository `root`; None when there is none to read
+    (not a git checkout, no such file, or params of an older layout)."""
+    try:
+        text = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+        return config_from_dict(yaml.safe_load(text) or {}, source=f"params.yaml@{rev}")
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError, ConfigError):
+        return None
+
+
+def changed_params(cfg: Config, base: Config) -> dict[str, Any]:
+    """`{"train.lr": 0.001, ...}`: every param whose value in `cfg` differs from `base`."""
+    before = base.flat()
+    return {k: v for k, v in cfg.flat().items() if before.get(k) != v}
+
+
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in a nested dict in place; the value is parsed as YAML (`null`, `3`, `[a, b]`)."""
     key, sep, text = override.partition("=")
@@ -186,16 +249,16 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    known = [f.name for f in dataclasses.fields(cls)]  # in field order: the first bad key is always the same
+    unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys under {where}: {', '.join(sorted(known))}"
         )
     values = {}
-    for name in known & set(raw):
+    for name in (n for n in known if n in raw):
         values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", source)
     try:
         return cls(**values)
@@ -206,6 +269,13 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        coerced = _coerce(args[0], value, key, source)
+        for rule in (r.broken_rule(coerced) for r in args[1:] if isinstance(r, Range)):
+            if rule:
+                shown = coerced if isinstance(value, str) else value  # as written, unless a string such as "1e3"
+                raise ConfigError(f"{source}: {key} must be {rule}; got {shown!r}")
+        return coerced
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, prefix=f"{key}.", source=source)
     if origin in (typing.Union, types.UnionType):
@@ -232,9 +302,7 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer; got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number; got {value!r}")
-        return float(value)
+        return _coerce_float(value, key, source)
     if hint is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{source}: {key} must be a non-empty string; got {value!r}")
@@ -242,30 +310,47 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key}: unsupported type {hint}")  # pragma: no cover
 
 
+def _coerce_float(value: Any, key: str, source: str) -> float:
+    """A finite float from a YAML number or a string that `float()` reads: YAML 1.1 (PyYAML) reads `1e3`
+    as a string, while `dvc exp run -S train.lr=1e3` and most people mean the number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{source}: {key} must be a number; got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{source}: {key} must be a number; got {value!r}") from None
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise ConfigError(f"{source}: {key} must be a finite number; got {shown}")
+    return number
+
+
+def ranges(cls: type = Config, prefix: str = "") -> dict[str, Range]:
+    """`{"train.epochs": Range(ge=1), ...}`: the declared range of every numeric param."""
+    found: dict[str, Range] = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if dataclasses.is_dataclass(hint):
+            found.update(ranges(hint, f"{prefix}{name}."))
+        elif typing.get_origin(hint) is Annotated:
+            found.update({f"{prefix}{name}": r for r in typing.get_args(hint)[1:] if isinstance(r, Range)})
+    return found
+
+
 def validate(cfg: Config) -> Config:
-    """Cross-field checks that a type alone cannot express."""
+    """Cross-field checks that a single field's type and range cannot express (those are checked in `_coerce`)."""
     s = cfg.split
-    for key, frac in (("split.val_fraction", s.val_fraction), ("split.test_fraction", s.test_fraction)):
-        if not 0 <= frac < 1:
-            raise ConfigError(f"{key} must be in [0, 1); got {frac}")
     if s.val_fraction + s.test_fraction >= 1:
-        raise ConfigError("split.val_fraction + split.test_fraction must be below 1")
-    if s.folds < 1 or not 0 <= s.fold < s.folds:
-        raise ConfigError(f"split.fold must be in [0, split.folds); got fold={s.fold}, folds={s.folds}")
-    if s.tumor_bins < 1:
-        raise ConfigError("split.tumor_bins must be >= 1")
+        raise ConfigError("split.val_fraction + split.test_fraction must be < 1 (patients are left for train); "
+                          f"got {s.val_fraction} + {s.test_fraction}")
+    if s.fold >= s.folds:
+        raise ConfigError(f"split.fold must be < split.folds (folds count from 0); got fold={s.fold}, folds={s.folds}")
     syn = cfg.data.synthetic
-    if syn.patients < 1 or not 1 <= syn.slices_min <= syn.slices_max:
-        raise ConfigError("data.synthetic: need patients >= 1 and 1 <= slices_min <= slices_max")
-    if cfg.preprocess.size < 16 or cfg.preprocess.size % 32:
-        raise ConfigError(f"preprocess.size must be a multiple of 32 (encoders downsample by 32); got {cfg.preprocess.size}")
+    if syn.slices_min > syn.slices_max:
+        raise ConfigError("data.synthetic.slices_min must be <= data.synthetic.slices_max; "
+                          f"got slices_min={syn.slices_min}, slices_max={syn.slices_max}")
     _check_model_names(cfg.model)
-    t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.num_workers < 0 or t.early_stopping_patience < 0:
-        raise ConfigError("train: epochs, batch_size >= 1, lr > 0, num_workers and early_stopping_patience >= 0")
-    for key, p in (("train.threshold", t.threshold), ("evaluate.threshold", cfg.evaluate.threshold)):
-        if not 0 < p < 1:
-            raise ConfigError(f"{key} must be in (0, 1); got {p}")
     return cfg
 
 

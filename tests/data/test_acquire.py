@@ -1,15 +1,18 @@
+import re
+import shutil
+import struct
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from lggseg import pipeline
+from lggseg import cli, pipeline
 from lggseg.config import DataConfig
 from lggseg.data.acquire import DataSourceError, acquire, install_local, resolve_source
 from lggseg.data.synthetic import write_kaggle_zip
 from lggseg.paths import Paths
 
-from conftest import tiny_config
+from conftest import PARAMS, tiny_config
 
 
 def _patients(folder: Path) -> list[str]:
@@ -85,16 +88,121 @@ def test_archive_without_dataset_is_rejected_without_partial_output(tmp_path):
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
-def test_truncated_archive_leaves_nothing_behind(tmp_path, synthetic_tree):
+def test_zeroed_archive_leaves_nothing_behind(tmp_path, synthetic_tree):
     archive = write_kaggle_zip(synthetic_tree, tmp_path / "lgg.zip")
     broken = tmp_path / "broken.zip"
     data = archive.read_bytes()
-    # keep the central directory but cut file data in the middle: entries fail their CRC/reads
-    broken.write_bytes(data[:1000] + b"\0" * (len(data) - 1000))
+    broken.write_bytes(data[:1000] + b"\0" * (len(data) - 1000))  # right size, nothing after the first member
     target = tmp_path / "raw" / "kaggle_3m"
-    with pytest.raises((DataSourceError, zipfile.BadZipFile, OSError)):
+    with pytest.raises(DataSourceError, match=rf"^the archive {re.escape(str(broken))} is damaged \(truncated"):
         install_local(broken, target)
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == []
+
+
+@pytest.fixture(scope="module")
+def kaggle_zip(tmp_path_factory, synthetic_tree) -> Path:
+    """The synthetic data set zipped the way Kaggle serves it (read-only: copy before damaging)."""
+    return write_kaggle_zip(synthetic_tree, tmp_path_factory.mktemp("kaggle-zip") / "lgg-mri-segmentation.zip")
+
+
+def _member_data_span(archive: Path, member: str) -> tuple[int, int]:
+    """Byte range of `member`'s compressed data inside `archive`."""
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(member)
+    with open(archive, "rb") as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+    start = info.header_offset + 30 + name_length + extra_length
+    return start, start + info.compress_size
+
+
+def _first_image_member(archive: Path) -> str:
+    with zipfile.ZipFile(archive) as zf:
+        return next(n for n in zf.namelist() if n.startswith("kaggle_3m/TCGA_") and n.endswith("_1.tif"))
+
+
+def _damage(kaggle_zip: Path, out: Path, how: str) -> tuple[Path, str]:
+    """A copy of `kaggle_zip` damaged `how`; returns it and the message part that names the damage."""
+    data = bytearray(kaggle_zip.read_bytes())
+    member = _first_image_member(kaggle_zip)
+    start, end = _member_data_span(kaggle_zip, member)
+    middle = (start + end) // 2
+    if how == "crc":  # one flipped byte decompresses to wrong bytes
+        data[middle] ^= 0xFF
+        expected = f"{member}: bad CRC-32"
+    elif how == "deflate":  # the first block header names the reserved block type 3: no valid stream
+        data[start] = 0xFF
+        expected = f"{member}: corrupt compressed data"
+    elif how == "truncated":  # an interrupted download: the end, with the archive's directory, is missing
+        data = data[: len(data) // 2]
+        expected = "truncated: no end-of-archive record"
+    else:  # an interrupted download that wrote nothing
+        data = bytearray()
+        expected = "empty file"
+    out.write_bytes(bytes(data))
+    return out, expected
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["crc", "deflate", "truncated", "empty"])
+def test_damaged_archive_is_named_and_old_data_set_survives(tmp_path, kaggle_zip, how):
+    paths = Paths.at(tmp_path / "project")
+    pipeline.download(tiny_config("data.source=local", f"data.local_path={kaggle_zip}"), paths)
+    before = _tree_bytes(paths.dataset)
+    broken, expected = _damage(kaggle_zip, tmp_path / "downloaded.zip", how)
+
+    with pytest.raises(DataSourceError) as err:
+        pipeline.download(tiny_config("data.source=local", f"data.local_path={broken}"), paths)
+    assert str(err.value) == f"the archive {broken} is damaged ({expected}); download it again"
+    assert _tree_bytes(paths.dataset) == before
+    assert [p.name for p in paths.raw.iterdir()] == ["kaggle_3m"]  # no staging folder left
+
+
+def test_damaged_archive_is_one_line_at_the_cli(tmp_path, kaggle_zip, capsys):
+    broken, expected = _damage(kaggle_zip, tmp_path / "lgg.zip", "crc")
+    code = cli.main(["download", "--params", str(PARAMS), "--root", str(tmp_path / "project"),
+                     "--set", "data.source=local", "--set", f"data.local_path={broken}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert lines[-1] == f"lggseg download: error: the archive {broken} is damaged ({expected}); download it again"
+    assert "Traceback" not in "\n".join(lines)
+    assert list((tmp_path / "project" / "data" / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("data.csv", "kaggle_3m/data.csv is missing"),
+    ("TCGA_*", "no TCGA_* patient folders in kaggle_3m/; not an LGG data set"),
+])
+def test_incomplete_archive_names_the_archive_not_the_staging_folder(tmp_path, synthetic_tree, missing, message):
+    tree = tmp_path / "incomplete" / "kaggle_3m"
+    shutil.copytree(synthetic_tree, tree)
+    for path in tree.glob(missing):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    archive = write_kaggle_zip(tree, tmp_path / "lgg.zip")
+    paths = Paths.at(tmp_path / "project")
+    with pytest.raises(DataSourceError) as err:
+        pipeline.download(tiny_config("data.source=local", f"data.local_path={archive}"), paths)
+    assert str(err.value) == f"the archive {archive}: {message}"
+    assert not paths.dataset.exists() and list(paths.raw.iterdir()) == []
+
+
+def test_incomplete_folder_names_the_folder(tmp_path, synthetic_tree):
+    tree = tmp_path / "copy" / "kaggle_3m"
+    shutil.copytree(synthetic_tree, tree)
+    (tree / "data.csv").unlink()
+    with pytest.raises(DataSourceError) as err:
+        install_local(tree.parent, tmp_path / "raw" / "kaggle_3m")
+    assert str(err.value) == f"{tree}: data.csv is missing"
+
+
+def test_a_file_that_is_no_archive_is_named_as_such(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive")
+    with pytest.raises(DataSourceError, match="notes.txt: neither a folder nor a .zip archive"):
+        install_local(notes, tmp_path / "raw" / "kaggle_3m")
 
 
 def test_missing_local_path_lists_ways_out(tmp_path):

@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from lggseg.atomic import staged_dir
@@ -47,7 +48,7 @@ def acquire(cfg: DataConfig, dataset_dir: Path, default_archive: Path) -> Path:
                 slices_max=syn.slices_max, seed=syn.seed,
             )
             _move_contents(generated, staging)
-            check_dataset_tree(staging)
+            check_dataset_tree(staging, origin="the synthetic data set")
     elif source == "local":
         local = Path(cfg.local_path) if cfg.local_path else default_archive
         install_local(local, dataset_dir)
@@ -73,12 +74,21 @@ def install_local(local: Path, dataset_dir: Path) -> Path:
         if local.is_dir():
             source_tree = find_dataset_tree(local)
             shutil.copytree(source_tree, staging, dirs_exist_ok=True, symlinks=False)
-        elif zipfile.is_zipfile(local):
-            extract_dataset_zip(local, staging)
+            check_dataset_tree(staging, origin=str(source_tree))
+        elif _is_zip_archive(local):
+            inner = extract_dataset_zip(local, staging)
+            check_dataset_tree(staging, origin=f"the archive {local}", inner=inner)
         else:
             raise DataSourceError(f"{local}: neither a folder nor a .zip archive")
-        check_dataset_tree(staging)
     return dataset_dir
+
+
+def _is_zip_archive(path: Path) -> bool:
+    """A zip by its name, its directory or its first bytes: a damaged one counts too, so it is reported as damaged."""
+    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
 
 
 def find_dataset_tree(folder: Path) -> Path:
@@ -91,9 +101,11 @@ def find_dataset_tree(folder: Path) -> Path:
     raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* patient folders inside")
 
 
-def extract_dataset_zip(archive: Path, target: Path) -> None:
-    """Extract one copy of kaggle_3m/ from `archive` into `target`, refusing unsafe entries."""
-    with zipfile.ZipFile(archive) as zf:
+def extract_dataset_zip(archive: Path, target: Path) -> str:
+    """Extract one copy of kaggle_3m/ from `archive` into `target`, refusing unsafe entries and damaged data.
+
+    Returns the extracted folder's path inside the archive, e.g. 'kaggle_3m/'."""
+    with _open_archive(archive) as zf:
         infos = zf.infolist()
         for info in infos:
             _check_member(archive, info)
@@ -106,10 +118,48 @@ def extract_dataset_zip(archive: Path, target: Path) -> None:
             relative = PurePosixPath(*name.parts[len(prefix):])
             destination = target.joinpath(*relative.parts)
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(destination, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+            try:
+                with zf.open(info) as src, open(destination, "wb") as dst:
+                    shutil.copyfileobj(src, dst, length=1 << 20)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                raise DataSourceError(_damaged(archive, f"{info.filename}: {_member_problem(exc)}")) from None
             extracted += 1
     log.info("extracted %d files from %s", extracted, archive)
+    return "/".join(prefix) + "/"
+
+
+def _open_archive(archive: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        if archive.stat().st_size == 0:
+            problem = "empty file"
+        elif str(exc) == "File is not a zip file":  # no end-of-archive record: cut short, or not a zip at all
+            problem = "truncated: no end-of-archive record"
+        else:
+            problem = _sentence_case(str(exc))
+        raise DataSourceError(_damaged(archive, problem)) from None
+
+
+def _damaged(archive: Path, problem: str) -> str:
+    return f"the archive {archive} is damaged ({problem}); download it again"
+
+
+def _member_problem(exc: BaseException) -> str:
+    """Why one member could not be read, in a few words (zipfile's own messages repeat the member name)."""
+    if isinstance(exc, zipfile.BadZipFile) and str(exc).startswith("Bad CRC-32"):
+        return "bad CRC-32"
+    if isinstance(exc, EOFError):
+        return "truncated"
+    if isinstance(exc, zlib.error):
+        return "corrupt compressed data"
+    if isinstance(exc, NotImplementedError):
+        return "unsupported compression method"
+    return _sentence_case(str(exc))
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _check_member(archive: Path, info: zipfile.ZipInfo) -> None:
@@ -134,13 +184,18 @@ def _dataset_prefix(archive: Path, names: list[PurePosixPath]) -> tuple[str, ...
     return min(prefixes, key=lambda p: (len(p), p))
 
 
-def check_dataset_tree(tree: Path) -> None:
-    """The cheap structural check before a tree is renamed into place (full validation is `index`)."""
+def check_dataset_tree(tree: Path, origin: str | None = None, inner: str = "") -> None:
+    """The cheap structural check before a tree is renamed into place (full validation is `index`).
+
+    `origin` names the tree in messages (the archive or folder the user gave, never the staging folder);
+    `inner` is the tree's path inside an archive, e.g. 'kaggle_3m/'."""
+    where = origin or str(tree)
     patients = [p for p in tree.iterdir() if p.is_dir() and p.name.startswith("TCGA_")]
     if not patients:
-        raise DataSourceError(f"{tree}: no TCGA_* patient folders; not an LGG data set")
+        raise DataSourceError(f"{where}: no TCGA_* patient folders{f' in {inner}' if inner else ''}; "
+                              "not an LGG data set")
     if not (tree / "data.csv").is_file():
-        raise DataSourceError(f"{tree}: data.csv is missing")
+        raise DataSourceError(f"{where}: {inner}data.csv is missing")
 
 
 def _move_contents(source: Path, target: Path) -> None:
