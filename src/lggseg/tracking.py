@@ -107,6 +107,8 @@ class Tracker:
         self.root = project_root(root)
         self.uri = resolve_tracking_uri(cfg, root)
         self._mlflow = mlflow
+        # MLflow prints "View run ... at: <server URI>" whenever a run on a server ends, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         if self.uri.startswith(("http://", "https://")):
             self._check_server()
         with self._store_guard(), self._creation_lock():
@@ -283,10 +285,7 @@ class Tracker:
     def _fluent(self) -> Iterator[None]:
         """Point MLflow's global (fluent) API at this store for one call, then put it back:
         `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI, which would leak into later stores."""
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-                                                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")}
-        # MLflow prints "View run ... at: <uri>" when a fluent run ends: the URI may hold credentials
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         self._mlflow.set_tracking_uri(self.uri)
         self._mlflow.set_registry_uri(self.uri)
         try:
