@@ -19,6 +19,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own sqlite stores
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -121,3 +122,24 @@ def mlflow_client(paths: Paths):
 
     uri = f"sqlite:///{paths.root / 'mlruns' / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def cli_args(stage: str, root: Path, *settings: str, arch: str | None = None) -> list[str]:
+    """`lggseg <stage>` arguments on the committed params, `root` as project root, `settings` as --set."""
+    args = [stage, "--params", str(PARAMS), "--root", str(root)]
+    if arch is not None:
+        args += ["--arch", arch]
+    return args + [arg for setting in settings for arg in ("--set", setting)]
+
+
+def start_lggseg(args: list[str], **popen) -> subprocess.Popen:
+    """A real `python -m lggseg.cli ...` process (text pipes unless `popen` says otherwise), on the repo's
+    own sqlite store, with SIGINT at its default: a shell's background jobs (CI runners among them)
+    inherit it ignored, where Ctrl-C in a terminal would reach the process."""
+    import signal
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    options = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen([sys.executable, "-m", "lggseg.cli", *args], **{**options, **popen})

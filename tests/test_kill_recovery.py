@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from lggseg import pipeline
 from lggseg.data.preprocess import load_split
 from lggseg.paths import SPLITS, Paths
 
-from conftest import PARAMS, TINY, tiny_config
+from conftest import TINY, cli_args, start_lggseg, tiny_config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and PIDs in temporary names are POSIX")
 
@@ -26,11 +25,9 @@ PREPROCESS = (*TINY, "data.synthetic.patients=24", "preprocess.size=256")  # eno
 
 
 def _lggseg(stage: str, root: Path, overrides: tuple[str, ...], log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "lggseg.cli", stage, "--params", str(PARAMS), "--root", str(root)]
-    for override in overrides:
-        command += ["--set", override]
     with open(log, "wb") as out:
-        return subprocess.Popen(command, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        return start_lggseg(cli_args(stage, root, *overrides), cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                            text=False)
 
 
 def _kill_when_staging_appears(process: subprocess.Popen, folder: Path, pattern: str, timeout_s: float = 15) -> Path:

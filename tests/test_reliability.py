@@ -26,7 +26,7 @@ from lggseg.paths import Paths
 from lggseg.tracking import Tracker, TrackingError, read_run_pointer
 from lggseg.training import TrainingDiverged, TrainingState, _log_missing_epochs, build_loss, make_loaders, validate
 
-from conftest import PARAMS, TINY, mlflow_client, tiny_config
+from conftest import PARAMS, TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 
 
 def _project_with_data(tmp_path: Path, prepared_project: Paths, name: str = "project") -> Paths:
@@ -36,17 +36,8 @@ def _project_with_data(tmp_path: Path, prepared_project: Paths, name: str = "pro
 
 
 def _cli_args(paths: Paths, stage: str, *settings: str) -> list[str]:
-    args = [stage, "--params", str(PARAMS), "--root", str(paths.root)]
-    if stage in ("train", "evaluate"):
-        args += ["--arch", "unet"]
-    return args + [arg for setting in (*TINY, "model.architectures=[unet]", *settings) for arg in ("--set", setting)]
-
-
-def _lggseg(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "lggseg.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    arch = "unet" if stage in ("train", "evaluate") else None
+    return cli_args(stage, paths.root, *TINY, "model.architectures=[unet]", *settings, arch=arch)
 
 
 # ------------------------------------------------------------------------------------------ divergence
@@ -92,7 +83,7 @@ def test_non_finite_metrics_are_logged_not_dropped(tmp_path):
 def test_a_second_writer_of_the_same_model_folder_fails_at_once_naming_the_first(tmp_path, prepared_project):
     paths = _project_with_data(tmp_path, prepared_project)
     with architecture_lock(paths, "unet", "trained"):
-        second = _lggseg(*_cli_args(paths, "train", "train.epochs=1"))
+        second = start_lggseg(_cli_args(paths, "train", "train.epochs=1"))
         _, err = second.communicate(timeout=120)
     assert second.returncode == 1
     assert f"models/unet is being trained by process {os.getpid()} since" in err
@@ -130,14 +121,14 @@ def test_evaluate_checks_the_training_run_before_writing_anything(tmp_path, prep
     reports = {p: p.read_bytes() for p in paths.report_dir("unet").rglob("*") if p.is_file()}
     shutil.move(paths.mlruns / "mlflow.db", tmp_path / "moved-away.db")  # the store is gone
     # a new process, as a user's next command would be (MLflow caches open stores per process)
-    evaluate = _lggseg(*_cli_args(paths, "evaluate", "train.epochs=1"))
+    evaluate = start_lggseg(_cli_args(paths, "evaluate", "train.epochs=1"))
     _, err = evaluate.communicate(timeout=300)
     assert evaluate.returncode == 1 and "Traceback" not in err
     assert re.search(r"models/unet/mlflow_run\.json points at MLflow run \w+, which the tracking store", err), err
     assert "mlflow.register: false" in err
     assert {p: p.read_bytes() for p in paths.report_dir("unet").rglob("*") if p.is_file()} == reports
 
-    evaluate = _lggseg(*_cli_args(paths, "evaluate", "train.epochs=1", "mlflow.register=false"))
+    evaluate = start_lggseg(_cli_args(paths, "evaluate", "train.epochs=1", "mlflow.register=false"))
     _, err = evaluate.communicate(timeout=300)
     assert evaluate.returncode == 0, err
     assert '"registered": false' in (paths.report_dir("unet") / "mlflow_model.json").read_text()
@@ -155,7 +146,7 @@ def test_a_run_killed_and_resumed_repeats_the_uninterrupted_one(tmp_path, prepar
     pipeline.train(tiny_config(*epochs, "model.architectures=[unet]"), straight, "unet")
 
     killed = _project_with_data(tmp_path, prepared_project, "killed")
-    process = _lggseg(*_cli_args(killed, "train", *epochs))
+    process = start_lggseg(_cli_args(killed, "train", *epochs))
     for line in process.stdout:
         if line.startswith("unet epoch 1/3"):
             break

@@ -1,10 +1,7 @@
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -17,7 +14,7 @@ from lggseg.paths import Paths
 from lggseg.tracking import TrackingError, read_run_pointer
 from lggseg.training import build_loss, make_loaders, validate
 
-from conftest import PARAMS, TINY, TRAINED_EPOCHS, mlflow_client, tiny_config
+from conftest import TINY, TRAINED_EPOCHS, cli_args, mlflow_client, start_lggseg, tiny_config
 
 EPOCH_METRICS = {"train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
                  "train_images_per_second"}
@@ -150,14 +147,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(tmp_path, pre
     """A real `lggseg train` process gets SIGINT (what Ctrl-C sends) once its first epoch is saved."""
     root = tmp_path / "interrupted"
     shutil.copytree(prepared_project.processed, root / "data" / "processed")
-    args = [sys.executable, "-m", "lggseg.cli", "train", "--arch", "unet", "--params", str(PARAMS), "--root", str(root),
-            *[arg for setting in (*TINY, "train.epochs=50") for arg in ("--set", setting)]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    # a shell's background jobs (CI runners among them) inherit SIGINT ignored; Ctrl-C in a terminal is not
-    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=restore_sigint)
+    process = start_lggseg(cli_args("train", root, *TINY, "train.epochs=50", arch="unet"))
     try:
         for line in process.stdout:  # wait until epoch 1 is done and saved
             if line.startswith("unet epoch 1/50"):

@@ -179,18 +179,24 @@ class Config:
     def flat(self, sections: Sequence[str] | None = None) -> dict[str, Any]:
         """`{"train.lr": 1e-4, ...}` for the given sections (all when None)."""
         names = sections or [f.name for f in dataclasses.fields(self)]
-        return {k: v for name in names for k, v in _flatten(self.section(name), name).items()}
+        return {k: v for name in names for k, v in flatten_params(self.section(name), name).items()}
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def flatten_params(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-4}}` -> `{"train.lr": 1e-4}` (tuples become lists)."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        dotted = f"{prefix}.{key}"
+        dotted = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted))
+            flat.update(flatten_params(value, dotted))
         else:
             flat[dotted] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def param_text(value: Any) -> str:
+    """A param value as params.yaml and `-S key=value` spell it: `null`, `true`, `[unet, fpn]`, `0.001`."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def load_config(params_path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Config:

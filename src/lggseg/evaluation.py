@@ -260,6 +260,11 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
     write_json(report_dir / "mlflow_model.json", record)
 
 
+def choose_champion(table: pd.DataFrame) -> str:
+    """The architecture with the best per-patient VALIDATION Dice (never a test number)."""
+    return str(table.loc[table["val_dice_patient"].idxmax(), "architecture"])
+
+
 def compare_architectures(cfg: Config, paths: Paths) -> dict:
     """Side-by-side table of all architectures; the champion is the best per-patient VAL Dice."""
     rows, records = [], {}
@@ -271,14 +276,15 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
         rows.append({"architecture": arch, **{k: metrics[k] for k in reports.COMPARISON_METRICS if k in metrics}})
         records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
     table = reports.comparison_table(rows)
-    champion = str(table.iloc[0]["architecture"])  # sorted by val_dice_patient, best first
+    champion = choose_champion(table)
     written = reports.write_comparison(table, paths.reports, champion=champion)
     record = records[champion]
     if cfg.mlflow.register and record.get("registered"):
         tracker = Tracker(cfg.mlflow, paths.root)
         version = tracker.register(record["model_uri"], CHAMPION_MODEL, "champion", {
             "architecture": champion, "source_model": f"{record['registered_model']}/{record['version']}",
-            "val_dice_patient": f"{table.iloc[0]['val_dice_patient']:.4f}", **git_state(paths.root),
+            "val_dice_patient": f"{table.set_index('architecture').loc[champion, 'val_dice_patient']:.4f}",
+            **git_state(paths.root),
         })
         print(f"registered {CHAMPION_MODEL} version {version} (@champion) = {champion}")
     return {"table": table, "champion": champion, "markdown": written["markdown"]}
@@ -291,8 +297,7 @@ def check_champion(cfg: Config, paths: Paths) -> dict:
     comparison_path = paths.reports / "comparison.csv"
     if not comparison_path.is_file():
         raise FileNotFoundError(f"{comparison_path} is missing (run the compare stage, or dvc pull)")
-    table = pd.read_csv(comparison_path)
-    champion = str(table.loc[table["val_dice_patient"].idxmax(), "architecture"])  # compare's rule
+    champion = choose_champion(pd.read_csv(comparison_path))
     model, _ = load_checkpoint(paths.model_dir(champion) / "best.pt")
     runtime = resolve_runtime(cfg.train.device)
     test = predict_split(model.to(runtime.device), paths, "test", cfg, runtime)

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import pandas as pd
 from tabulate import tabulate
 
+from lggseg.config import flatten_params, param_text
+
 EXPERIMENT_MARK = "└─ "  # an experiment, under its baseline commit (as in `dvc exp show`)
 HEADLINE = {"dice_patient_mean": "test", "val_dice_patient": "val"}  # metric key -> column suffix
 ARCH_METRICS = re.compile(r"^reports/arch/(?P<arch>[^/]+)/metrics\.json$")
@@ -39,8 +41,8 @@ def experiments_table(exps: list[dict]) -> pd.DataFrame:
     per-patient Dice, and the params that differ from the baseline commit."""
     rows = []
     for label, data, baseline in _revisions(exps):
-        params = _flat(_params(data))
-        reference = _flat(_params(baseline))
+        params = {k: param_text(v) for k, v in flatten_params(_params(data)).items()}
+        reference = {k: param_text(v) for k, v in flatten_params(_params(baseline)).items()}
         row: dict[str, Any] = {"experiment": label, "created": _created(data.get("timestamp"))}
         for path, metrics in (data.get("metrics") or {}).items():
             match = ARCH_METRICS.match(path)
@@ -77,16 +79,6 @@ def _revisions(exps: list[dict]) -> Iterator[tuple[str, dict, dict]]:
 
 def _params(data: dict) -> dict:
     return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-
-
-def _flat(mapping: dict, prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, type(None))) else str(value)
-    return flat
 
 
 def _created(timestamp: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from lggseg.atomic import write_json
-from lggseg.config import Config, MlflowConfig, changed_params, committed_config
+from lggseg.config import Config, MlflowConfig, changed_params, committed_config, param_text
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def params_changed_tag(cfg: Config, root: Path) -> dict[str, str]:
     if base is None:
         return {}
     changed = changed_params(cfg, base)
-    text = " ".join(f"{k}={'null' if v is None else _param_value(v)}" for k, v in changed.items())
+    text = " ".join(f"{k}={param_text(v)}" for k, v in changed.items())
     return {"params_changed": text[:5000] or "-"}
 
 
@@ -125,10 +125,13 @@ class Tracker:
             return
         from filelock import FileLock
 
-        database = Path(self.uri.removeprefix("sqlite:///"))
+        database = self._sqlite_database()
         database.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{database}.lock", timeout=120):
             yield
+
+    def _sqlite_database(self) -> Path:
+        return Path(self.uri.removeprefix("sqlite:///"))
 
     @contextlib.contextmanager
     def _store_guard(self, doing: str = "use") -> Iterator[None]:
@@ -171,7 +174,7 @@ class Tracker:
             if self.uri.startswith("sqlite:///"):
                 # beside the database, wherever it is: MLflow's default (./mlruns under the working
                 # directory) would scatter artifacts into whichever folder a stage runs in
-                artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+                artifacts = (self._sqlite_database().parent / "artifacts").as_uri()
             experiment_id = self.client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
             tags: Mapping[str, str] = {}
         else:
