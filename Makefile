@@ -51,7 +51,7 @@ demo: install
 	@echo
 	@echo "Demo finished (experiment demo above: test/val = per-patient Dice); params.yaml and workspace unchanged. Next:"
 	@echo "  make exps                        the demo beside your other experiments (dvc exp show, narrowed)"
-	@echo "  make mlflow-ui                   MLflow UI (link it prints), experiment lggseg-demo"
+	@echo "  make mlflow-ui                   MLflow UI, experiment lggseg-demo (click \"Model training\" once)"
 	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
 	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
 

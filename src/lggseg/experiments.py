@@ -37,19 +37,19 @@ def dvc_experiments(root: Path) -> list[dict]:
 
 
 def experiments_table(exps: list[dict]) -> pd.DataFrame:
-    """One row per workspace, baseline commit and experiment: name, created, `<arch> test` / `<arch> val`
-    per-patient Dice, and the params that differ from the baseline commit."""
+    """One row per workspace, baseline commit and experiment: name, `<arch> test` / `<arch> val` per-patient
+    Dice, and the params that differ from the baseline commit, one per line (times: `dvc exp show`)."""
     rows = []
     for label, data, baseline in _revisions(exps):
         params = {k: param_text(v) for k, v in flatten_params(_params(data)).items()}
         reference = {k: param_text(v) for k, v in flatten_params(_params(baseline)).items()}
-        row: dict[str, Any] = {"experiment": label, "created": _created(data.get("timestamp"))}
+        row: dict[str, Any] = {"experiment": label}
         for path, metrics in (data.get("metrics") or {}).items():
             match = ARCH_METRICS.match(path)
             for key, suffix in HEADLINE.items():
                 if match:
                     row[f"{match['arch']} {suffix}"] = _dice((metrics.get("data") or {}).get(key))
-        row["params changed"] = " ".join(f"{k}={v}" for k, v in params.items() if reference.get(k) != v)
+        row["params changed"] = "\n".join(f"{k}={v}" for k, v in params.items() if reference.get(k) != v)
         rows.append(row)
     table = pd.DataFrame(rows).fillna("-")
     return table[[c for c in table.columns if c != "params changed"] + ["params changed"]]
@@ -79,10 +79,6 @@ def _revisions(exps: list[dict]) -> Iterator[tuple[str, dict, dict]]:
 
 def _params(data: dict) -> dict:
     return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-
-
-def _created(timestamp: str | None) -> str:
-    return pd.Timestamp(timestamp).strftime("%m-%d %H:%M") if timestamp else "-"
 
 
 def _dice(value: Any) -> str:
