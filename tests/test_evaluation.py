@@ -104,7 +104,7 @@ def test_registered_models_load_and_segment(trained_project):
     x = torch.from_numpy(to_model_input(images[positive]))
     truth = torch.from_numpy(np.asarray(masks[positive])).bool()
     for uri in ("models:/lgg-segmentation@champion", "models:/lgg-unet/1", "models:/lgg-fpn@candidate"):
-        model = tracker.load_model(uri).eval()
+        model = tracker.load_model(uri)  # a torch.export module, already in inference mode
         with torch.no_grad():
             pred = torch.sigmoid(model(x))[:, 0] > 0.5
         assert pred.shape == truth.shape

@@ -3,7 +3,9 @@ import socket
 import pytest
 import torch
 
-from lggseg.models import ModelConfigError, ModelSpec, create_model, load_checkpoint, save_checkpoint
+from lggseg.models import (
+    ModelConfigError, ModelSpec, UnsafeCheckpointError, create_model, load_checkpoint, save_checkpoint,
+)
 
 
 def test_any_smp_architecture_by_name():
@@ -50,6 +52,31 @@ def test_checkpoint_round_trip_rebuilds_the_same_network(tmp_path):
     x = torch.rand(2, 1, 64, 64)
     assert checkpoint["epoch"] == 3 and checkpoint["spec"]["in_channels"] == 1
     assert torch.allclose(model(x), loaded(x))
+
+
+class Payload:
+    """Stands for any object a pickled checkpoint could smuggle in."""
+
+
+@pytest.mark.parametrize("extra", [{"payload": Payload()}, {"whole_model": "module"}])
+def test_a_checkpoint_holding_pickled_objects_is_refused(tmp_path, extra):
+    spec = ModelSpec("unet", "resnet18", None, in_channels=3)
+    model = create_model(spec).eval()
+    if "whole_model" in extra:
+        extra = {"whole_model": model}  # torch.save(model) style: the class is pickled
+    path = tmp_path / "best.pt"
+    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict(), **extra}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"best.pt: refused: it holds pickled Python objects"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="best.pt: not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "best.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not an lggseg checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
 
 
 def test_missing_checkpoint_is_named(tmp_path):

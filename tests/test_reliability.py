@@ -153,7 +153,7 @@ def test_a_run_killed_and_resumed_repeats_the_uninterrupted_one(tmp_path, prepar
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    completed = torch.load(killed.model_dir("unet") / "last.pt", weights_only=False)["state"]["epoch"]
+    completed = torch.load(killed.model_dir("unet") / "last.pt", weights_only=True)["state"]["epoch"]
     assert 1 <= completed < 3
     pipeline.train(tiny_config(*epochs, "model.architectures=[unet]", "train.resume=true"), killed, "unet")
 

@@ -41,10 +41,13 @@ def test_model_dir_holds_rebuildable_checkpoints(trained_project):
         model_dir = paths.model_dir(arch)
         assert {"best.pt", "last.pt", "model.json", "mlflow_run.json", "train_summary.json"} <= {
             p.name for p in model_dir.iterdir()}
-        last = torch.load(model_dir / "last.pt", weights_only=False)
+        last = torch.load(model_dir / "last.pt", weights_only=True)
         assert last["state"]["epoch"] == TRAINED_EPOCHS and "optimizer" in last
         assert last["spec"] == {"arch": arch, "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
                                 "classes": 1}
+        # what predict needs to prepare new scans travels with the weights
+        best = torch.load(model_dir / "best.pt", weights_only=True)
+        assert best["preprocess"] == last["preprocess"] == {"size": 64, "channels": "all"}
 
 
 def test_mlflow_holds_both_runs_with_params_tags_and_epoch_metrics(trained_project):
@@ -76,7 +79,7 @@ def test_summary_and_console_name_the_same_best_epoch(trained_project, capsys):
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
     best = history.loc[history["val_dice_patient"].idxmax()]
     assert summary["best_epoch"] == int(best["epoch"]) and summary["val_dice_patient"] == pytest.approx(best["val_dice_patient"])
-    checkpoint = torch.load(paths.model_dir("unet") / "best.pt", weights_only=False)
+    checkpoint = torch.load(paths.model_dir("unet") / "best.pt", weights_only=True)
     assert checkpoint["epoch"] == summary["best_epoch"]
     client = mlflow_client(paths)
     run = client.get_run(summary["run_id"])
@@ -163,4 +166,4 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(tmp_path, pre
     assert re.search(r"interrupted in epoch [2-9]\d* \(\d+ epoch\(s\) completed and saved", message[0]), message
     run_id = read_run_pointer(root / "models" / "unet" / "mlflow_run.json")["run_id"]
     assert mlflow_client(Paths.at(root)).get_run(run_id).info.status == "KILLED"
-    assert torch.load(root / "models" / "unet" / "last.pt", weights_only=False)["state"]["epoch"] >= 1
+    assert torch.load(root / "models" / "unet" / "last.pt", weights_only=True)["state"]["epoch"] >= 1

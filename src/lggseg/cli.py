@@ -12,6 +12,7 @@ from typing import Sequence
 # Keep imports quiet and offline: albumentations phones PyPI on import otherwise.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to what matters
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from lggseg import __version__, pipeline  # noqa: E402
 from lggseg.config import ConfigError, load_config  # noqa: E402
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--arch", required=True, help="architecture name from model.architectures, e.g. unet")
     exps = sub.add_parser("exps", help="DVC experiments at terminal width: headline Dice per architecture, changed params")
     exps.add_argument("--root", default=".", help="the DVC project (default: .)")
+    _add_predict(sub)
     synth = sub.add_parser("synth", help="write a synthetic LGG data set in the Kaggle layout")
     synth.add_argument("out", type=Path, help="output folder (kaggle_3m/ is created inside)")
     synth.add_argument("--patients", type=int, default=24)
@@ -53,6 +55,52 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=42)
     synth.add_argument("--zip", type=Path, default=None, help="also write a Kaggle-style .zip archive here")
     return parser
+
+
+def _add_predict(sub) -> None:
+    from lggseg.devices import PRECISIONS
+
+    text = ("segment new scans with a registered or local model: masks, report.json and report.html per patient "
+            "(a research tool, not a diagnostic device)")
+    p = sub.add_parser("predict", help=text, description=text)
+    p.add_argument("input", type=Path, help="a slice .tif, a patient folder (<case>_<n>.tif, masks optional) or a "
+                                            "folder of patient folders (e.g. kaggle_3m/)")
+    p.add_argument("--model", default="models:/lgg-segmentation@champion",
+                   help="models:/<name>@<alias>, models:/<name>/<version>, or a local models/<arch>/ folder "
+                        "(default: models:/lgg-segmentation@champion)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: predictions/<input name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--probabilities", action="store_true", help="also write float32 probability maps (_prob.tif)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: 8 CPU, 32 GPU)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("DX", "DY", "DZ"),
+                   help="voxel size in mm (pixel x, pixel y, slice), to report the volume in mm^3")
+    p.add_argument("--root", default=".", help="project root whose mlruns/ holds the registry (default: .)")
+    p.add_argument("--params", default="params.yaml", help="read for mlflow.tracking_uri when present")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lggseg.config import MlflowConfig
+    from lggseg.predict import predict
+
+    mlflow = load_config(args.params).mlflow if Path(args.params).is_file() else MlflowConfig()
+    out = args.out or Path("predictions") / (args.input.stem if args.input.is_file() else args.input.resolve().name)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    summary = predict(args.input, out, args.model, root=Path(args.root), mlflow=mlflow, overwrite=args.overwrite,
+                      probabilities=args.probabilities, device=args.device, precision=args.precision,
+                      batch_size=args.batch_size, spacing=tuple(args.spacing) if args.spacing else None)
+    for row in summary.itertuples():
+        dice = "" if pd.isna(row.dice) else f", Dice {row.dice:.3f}"
+        print(f"{row.case}: {row.tumor_positive_slices} of {row.slices} slices with tumor, "
+              f"{row.volume_voxels} voxels{dice} -> {out / row.report}")
+    if len(summary) > 1:
+        print(f"{len(summary)} patients: {out / 'index.html'}, {out / 'summary.csv'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synth(args)
         if args.command == "exps":
             return _exps(args)
+        if args.command == "predict":
+            return _predict(args)
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
         stage = getattr(pipeline, args.command.replace("-", "_"))

@@ -152,6 +152,7 @@ class EvaluateConfig:
     largest_component: bool = True
     batch_size: AtLeastOne = 32
     figures_patients: Annotated[int, Range(ge=0, le=3)] = 3  # best, median, worst
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16
 
 
 @dataclass(frozen=True)

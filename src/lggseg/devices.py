@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,38 @@ def resolve_runtime(requested: str = "auto") -> Runtime:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Runtime(device, dtype, channels_last=True, pin_memory=True)
     return Runtime(device, None, channels_last=False, pin_memory=False)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it
+    and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def inference_runtime(requested: str = "auto", precision: str = "auto") -> Runtime:
+    """Where and how inference runs (evaluation and `lggseg predict`). precision `auto`: bf16 on GPUs
+    that have it and on CPUs with native bf16, else fp32; `fp32` forces full precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    runtime = resolve_runtime(requested)
+    if precision == "fp32":
+        return Runtime(runtime.device, None, runtime.channels_last, runtime.pin_memory)
+    if runtime.device.type == "cpu":
+        native = cpu_has_native_bf16()
+        if precision == "bf16" or native:
+            # channels_last helps oneDNN's convolutions on CPU too (measured: benchmarks/predict_speed.py)
+            return Runtime(runtime.device, torch.bfloat16, channels_last=True, pin_memory=False)
+        return Runtime(runtime.device, None, channels_last=True, pin_memory=False)
+    if precision == "bf16" and runtime.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16: {runtime.name} has no bf16")
+    return runtime
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -24,8 +24,8 @@ from lggseg.config import Config
 from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view
 from lggseg.data.split import check_no_leak
-from lggseg.devices import Runtime, resolve_runtime
-from lggseg.inference import predict_batches
+from lggseg.devices import Runtime, inference_runtime
+from lggseg.inference import InferenceSettings, predict_batches, prepare_for_inference
 from lggseg.metrics import (
     SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
     roc_points, segmentation_summary,
@@ -130,15 +130,27 @@ def choose_detection_rule(val: SplitPredictions, default_threshold: float) -> tu
     return best[1], best[2], "val Youden J"
 
 
+def choose_postprocess(val: SplitPredictions, cfg: Config) -> tuple[bool, str]:
+    """(keep only the largest 3-D component?, why): on when evaluate.largest_component is set and it
+    raises the mean per-patient Dice on the val split, the rule `lggseg predict` then applies."""
+    if not cfg.evaluate.largest_component:
+        return False, "evaluate.largest_component is false"
+    raw = segmentation_summary(count_table(val.truth, val.pred, val.table))["dice_patient_mean"]
+    lcc_pred = keep_largest_component(val.pred, val.table)
+    lcc = segmentation_summary(count_table(val.truth, lcc_pred, val.table))["dice_patient_mean"]
+    keep = lcc > raw
+    return keep, f"val per-patient Dice {raw:.4f} raw, {lcc:.4f} with the largest component only"
+
+
 def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     """Test-split metrics, per-patient table, ROC, figures; logged into the training run; model registered."""
     model_dir, report_dir = paths.model_dir(arch), paths.report_dir(arch)
     tracker, run_id = _training_run(cfg, paths, arch)  # before anything is computed or written
-    model, _ = load_checkpoint(model_dir / "best.pt")
+    model, checkpoint = load_checkpoint(model_dir / "best.pt")
     train_summary = json.loads((model_dir / "train_summary.json").read_text())
-    runtime = resolve_runtime(cfg.train.device)
-    model = model.to(runtime.device)
-    val, test = (predict_split(model, paths, s, cfg, runtime) for s in ("val", "test"))
+    runtime = inference_runtime(cfg.train.device, cfg.evaluate.precision)
+    fast_model = prepare_for_inference(model, runtime)
+    val, test = (predict_split(fast_model, paths, s, cfg, runtime) for s in ("val", "test"))
     train_patients = pd.read_csv(paths.processed_split("train") / "slices.csv", usecols=["patient_id"])["patient_id"]
     check_no_leak({"train": train_patients, "val": val.table["patient_id"], "test": test.table["patient_id"]})
 
@@ -150,8 +162,16 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     metrics["detection_min_area"] = min_area
     metrics["detection_rule"] = rule
     metrics["val_dice_patient"] = train_summary["val_dice_patient"]
+    largest_component, postprocess_rule = choose_postprocess(val, cfg)
+    metrics["postprocess_largest_component"] = largest_component
+    metrics["postprocess_rule"] = postprocess_rule
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+    settings = InferenceSettings(
+        spec=checkpoint["spec"], preprocess=checkpoint["preprocess"], threshold=cfg.evaluate.threshold,
+        largest_component=largest_component, precision=cfg.evaluate.precision, chosen_on=postprocess_rule,
+    )
 
+    write_json(report_dir / "inference.json", settings.to_dict())
     write_json(report_dir / "all_metrics.json", metrics)
     write_json(report_dir / "metrics.json", {k: metrics[k] for k in HEADLINE_METRICS if k in metrics})
     write_csv(report_dir / "per_patient.csv", per_patient)
@@ -159,11 +179,10 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
     figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
 
-    example = np.zeros((1, test.images.shape[3], *test.images.shape[1:3]), dtype=np.float32)  # N, C, H, W
     if tracker is None:
         write_json(report_dir / "mlflow_model.json", {"run_id": None, "registered": False})
     else:
-        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, example, metrics, figures, train_summary)
+        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary)
     return metrics
 
 
@@ -234,8 +253,8 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
     return picks[: max(0, count)]
 
 
-def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model, example: np.ndarray,
-                   metrics: dict, figures: list[Path], train_summary: dict) -> None:
+def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
+                   settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict) -> None:
     report_dir = paths.report_dir(arch)
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and k not in NOT_TEST_METRICS},
                         prefix="test_")
@@ -244,11 +263,13 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
                                  "val_detection_min_area": metrics["detection_min_area"]})
     # tags, not params: MLflow params are immutable and evaluation may re-run with other settings
     tracker.set_tags(run_id, {f"evaluate.{k}": str(v) for k, v in cfg.section("evaluate").items()})
-    tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "all_metrics.json", "per_patient.csv", "roc.csv")], "evaluation")
+    tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "all_metrics.json", "per_patient.csv", "roc.csv",
+                                                            "inference.json")], "evaluation")
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False}
     if cfg.mlflow.register:
-        model_uri = tracker.log_model(run_id, model.cpu().eval(), example)
+        model_uri = tracker.log_model(run_id, model.cpu().eval(), paths.model_dir(arch) / "best.pt",
+                                      report_dir / "inference.json", settings.to_dict())
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
                 "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
                 "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id}
@@ -299,8 +320,8 @@ def check_champion(cfg: Config, paths: Paths) -> dict:
         raise FileNotFoundError(f"{comparison_path} is missing (run the compare stage, or dvc pull)")
     champion = choose_champion(pd.read_csv(comparison_path))
     model, _ = load_checkpoint(paths.model_dir(champion) / "best.pt")
-    runtime = resolve_runtime(cfg.train.device)
-    test = predict_split(model.to(runtime.device), paths, "test", cfg, runtime)
+    runtime = inference_runtime(cfg.train.device, cfg.evaluate.precision)
+    test = predict_split(prepare_for_inference(model, runtime), paths, "test", cfg, runtime)
     dice = segmentation_summary(count_table(test.truth, test.pred, test.table))["dice_patient_mean"]
     recorded = json.loads((paths.report_dir(champion) / "metrics.json").read_text())["dice_patient_mean"]
     if not math.isclose(dice, recorded, abs_tol=1e-4):

@@ -50,9 +50,7 @@ def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     if uri:
         return uri
-    store = project_root(root) / "mlruns"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+    return f"sqlite:///{project_root(root) / 'mlruns' / 'mlflow.db'}"
 
 
 def git_state(root: Path) -> dict[str, str]:
@@ -99,7 +97,9 @@ def params_changed_tag(cfg: Config, root: Path) -> dict[str, str]:
 class Tracker:
     """An MLflow client bound to one store and experiment, created once per stage."""
 
-    def __init__(self, cfg: MlflowConfig, root: Path):
+    def __init__(self, cfg: MlflowConfig, root: Path, read_only: bool = False):
+        """read_only: only read an existing store (the registry, for `lggseg predict`): no local store or
+        experiment is created where there is none."""
         import mlflow
         from mlflow import MlflowClient
 
@@ -111,9 +111,13 @@ class Tracker:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         if self.uri.startswith(("http://", "https://")):
             self._check_server()
+        if read_only and self.uri.startswith("sqlite:///") and not self._sqlite_database().is_file():
+            raise TrackingError(f"no MLflow store at {self._sqlite_database()}: run the pipeline first (dvc repro), "
+                                "point MLFLOW_TRACKING_URI at the store that has the model, or give a local "
+                                "models/<arch>/ folder")
         with self._store_guard(), self._creation_lock():
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            self.experiment_id = self._experiment()
+            self.experiment_id = None if read_only else self._experiment()
             self.client.search_registered_models(max_results=1)  # the registry's tables exist too
 
     @contextlib.contextmanager
@@ -253,21 +257,27 @@ class Tracker:
 
     # models ---------------------------------------------------------------------------------------
 
-    def log_model(self, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
-        """Log a torch model into the run; returns its `models:/<model_id>` URI."""
-        # pickle is a deliberate choice (the model must load back as a plain nn.Module for predict);
-        # MLflow warns about it on every call, which only adds noise to stage logs
-        pytorch_log = logging.getLogger("mlflow.pytorch")
-        level = pytorch_log.level
-        pytorch_log.setLevel(logging.ERROR)
-        try:
-            with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
-                info = self._mlflow.pytorch.log_model(
-                    model, name=name, input_example=input_example,
-                    pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle",
-                )
-        finally:
-            pytorch_log.setLevel(level)
+    def log_model(self, run_id: str, model, checkpoint: Path, settings_file: Path, settings: dict,
+                  name: str = "model") -> str:
+        """Log a torch model into the run without pickle; returns its `models:/<model_id>` URI.
+
+        The network is saved with torch.export (`pt2`: a graph and raw tensors, loadable by
+        `mlflow.pytorch.load_model` / `mlflow.pyfunc.load_model`, batch size free). `lggseg predict` reads
+        `extra_files/`: the weights-only checkpoint and the inference settings (preprocessing, threshold,
+        post-processing), which are also the model's metadata (`lggseg`) in the MLmodel file."""
+        import torch
+        from mlflow.models import infer_signature
+
+        size, channels = int(settings["preprocess"]["size"]), int(settings["spec"]["in_channels"])
+        example = np.zeros((2, channels, size, size), dtype=np.float32)  # batch 2: exported with a free batch size
+        with torch.inference_mode():
+            output = model(torch.from_numpy(example)).numpy()
+        with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            info = self._mlflow.pytorch.log_model(
+                model, name=name, input_example=example, signature=infer_signature(example, output),
+                serialization_format="pt2", pip_requirements=MODEL_PIP_REQUIREMENTS, metadata={"lggseg": settings},
+                extra_files=[str(checkpoint), str(settings_file)],
+            )
         # start_run(run_id=...) ends the run on exit: put the status back to what the stage decides
         self.client.update_run(run_id, status="RUNNING")
         return info.model_uri
@@ -280,9 +290,66 @@ class Tracker:
         return version.version
 
     def load_model(self, model_uri: str, device: str = "cpu"):
-        """Load a logged or registered torch model (`models:/lgg-segmentation@champion`, `models:/lgg-unet/1`)."""
+        """Load a logged or registered model (`models:/lgg-segmentation@champion`, `models:/lgg-unet/1`) as
+        MLflow users do: a torch.export module (already in inference mode: do not call .eval())."""
         with self._fluent():
             return self._mlflow.pytorch.load_model(model_uri, map_location=device)
+
+    def resolve_registered(self, model_uri: str):
+        """The ModelVersion behind `models:/<name>@<alias>` or `models:/<name>/<version>`; a URI that names
+        nothing fails with what the registry does hold."""
+        from mlflow.exceptions import MlflowException
+
+        match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
+        if not match:
+            raise ValueError(f"model {model_uri!r}: expected models:/<name>@<alias>, models:/<name>/<version> "
+                             "or a local models/<arch>/ folder")
+        name, alias, version = match.groups()
+        with self._store_guard("read"):
+            try:
+                if alias is not None:
+                    return self.client.get_model_version_by_alias(name, alias)
+                return self.client.get_model_version(name, version)
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise
+        raise ValueError(f"model {model_uri!r} is not in the registry at {_redact(self.uri)}. {self.registry_listing()}")
+
+    def registry_listing(self) -> str:
+        """`Registered: lgg-unet (versions 1, 2; @candidate=2), ...`, or that there are none."""
+        with self._store_guard("read"):
+            models = self.client.search_registered_models()
+            parts = []
+            for model in sorted(models, key=lambda m: m.name):
+                versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{model.name}'"))
+                aliases = "; ".join(f"@{a}={v}" for a, v in sorted(model.aliases.items()))
+                parts.append(f"{model.name} (versions {', '.join(map(str, versions))}{'; ' + aliases if aliases else ''})")
+        if not parts:
+            return "The registry holds no models yet (run the pipeline: dvc repro)."
+        return "Registered: " + ", ".join(parts) + "."
+
+    def download_model_files(self, version, dst: Path, model_uri: str) -> Path:
+        """Download the `extra_files/` of a registered model version (the weights-only checkpoint and the
+        inference settings) into dst."""
+        from mlflow.exceptions import MlflowException
+
+        stale = (f"{model_uri} (version {version.version} of {version.name}) has no lggseg checkpoint and inference "
+                 "settings: it was logged by an older lggseg. Re-run the evaluate stage to log it again")
+        # registry versions made by mlflow.register_model point at their logged model by `source`
+        match = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")
+        model_id = getattr(version, "model_id", None) or (match.group(1) if match else None)
+        if not model_id:
+            raise ValueError(stale)
+        with self._store_guard("read"), self._fluent():
+            location = self.client.get_logged_model(model_id).artifact_location
+            try:
+                folder = Path(self._mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/extra_files",
+                                                                         dst_path=str(dst)))
+            except (MlflowException, OSError):
+                folder = None
+        if folder is None or not (folder / "best.pt").is_file() or not (folder / "inference.json").is_file():
+            raise ValueError(stale)
+        return folder
 
     @contextlib.contextmanager
     def _fluent(self) -> Iterator[None]:

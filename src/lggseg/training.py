@@ -123,6 +123,8 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     manifest = processed_manifest(paths)
     spec = ModelSpec(arch=arch, encoder=cfg.model.encoder, encoder_weights=cfg.model.encoder_weights,
                      in_channels=int(manifest["in_channels"]))
+    # travels with the weights, so `lggseg predict` prepares new scans as this model was trained
+    preprocess = {"size": int(manifest["size"]), "channels": str(manifest["channels"])}
     model_dir = paths.model_dir(arch)
     model_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = model_dir / "last.pt", model_dir / "best.pt"
@@ -181,12 +183,13 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
             state.history.append(row)
             improved = state.record(epoch, row["val_dice_patient"])
             if improved:
-                save_checkpoint(best_path, model, spec, epoch=epoch, val_dice_patient=row["val_dice_patient"])
+                save_checkpoint(best_path, model, spec, preprocess=preprocess, epoch=epoch,
+                                val_dice_patient=row["val_dice_patient"])
             if scheduler is not None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
             state.epoch = epoch
             save_checkpoint(
-                last_path, model, spec, state=state.__dict__, optimizer=optimizer.state_dict(),
+                last_path, model, spec, preprocess=preprocess, state=state.__dict__, optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
                 torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
                 augmentation_rng=_augmentation_rng(train_loader.dataset.transform),

@@ -1,0 +1,345 @@
+"""`lggseg predict` end to end: models trained in the tests, synthetic and real patients, the registry and
+local folders, the reports, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from conftest import PARAMS, tiny_config
+from lggseg import pipeline
+from lggseg.cli import main
+from lggseg.evaluation import count_table
+from lggseg.metrics import segmentation_summary, slice_dice
+from lggseg.models import ModelSpec, create_model
+from lggseg.paths import Paths
+
+EXTERNAL = re.compile(r"https?://|<link\b|<script[^>]*\bsrc=|\bsrc=\"(?!data:)", re.IGNORECASE)
+
+
+def run_predict(capsys, *args: str) -> tuple[int, str, str]:
+    if "--params" not in args:  # never the user's params.yaml
+        args = (*args, "--params", str(PARAMS))
+    code = main(["predict", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def split_test_patients(paths: Paths) -> list[Path]:
+    splits = json.loads(paths.splits_json.read_text())
+    return [paths.dataset / patient for patient in splits["test"]]
+
+
+def written_masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: tifffile.imread(p) for p in sorted(folder.glob("*_mask.tif"))}
+
+
+def truth_and_prediction(patient: Path, predicted: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Ground truth and written prediction ({0, 1}, slice order) with the slice table the metric code takes."""
+    numbers = sorted(int(p.stem.rsplit("_", 2)[-2]) for p in patient.glob("*_mask.tif"))
+    truth = np.stack([tifffile.imread(patient / f"{patient.name}_{n}_mask.tif") > 0 for n in numbers])
+    pred = np.stack([tifffile.imread(predicted / f"{patient.name}_{n}_mask.tif") > 0 for n in numbers])
+    table = pd.DataFrame({"patient_id": patient.name, "slice": numbers})
+    return truth.astype(np.uint8), pred.astype(np.uint8), table
+
+
+def check_report_matches_metric_code(patient: Path, predicted: Path) -> dict:
+    """report.json's Dice (per patient and per slice) is what the evaluation's metric code gives on the same
+    slices; returns the report."""
+    report = json.loads((predicted / "report.json").read_text())
+    truth, pred, table = truth_and_prediction(patient, predicted)
+    counts = count_table(truth, pred, table)
+    assert report["patient"]["dice"] == pytest.approx(segmentation_summary(counts)["dice_patient_mean"], abs=1e-12)
+    assert [s["dice"] for s in report["slices"]] == pytest.approx(slice_dice(counts).tolist(), abs=1e-12)
+    assert [s["predicted_pixels"] for s in report["slices"]] == pred.reshape(len(pred), -1).sum(axis=1).tolist()
+    return report
+
+
+def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_project, tmp_path, capsys):
+    paths, _ = trained_project
+    patient = split_test_patients(paths)[0]
+    out = tmp_path / "out"
+    code, stdout, err = run_predict(capsys, str(patient), "--out", str(out), "--root", str(paths.root),
+                                    "--params", str(PARAMS))
+    assert code == 0, err
+    folder = out / patient.name
+    assert f"{patient.name}: " in stdout and "report.html" in stdout
+    masks = written_masks(folder)
+    assert set(masks) == {p.name for p in patient.glob("*_mask.tif")}  # named like the data set's
+    for mask in masks.values():
+        assert mask.dtype == np.uint8 and mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+    report = check_report_matches_metric_code(patient, folder)
+    assert report["model"]["uri"] == "models:/lgg-segmentation@champion"
+    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == "1"
+    assert report["model"]["size"] == 64 and report["model"]["channels"] == "all"
+    assert report["patient"]["dice"] > 0.4  # a trained model on an easy synthetic patient
+    assert len(report["slices"]) == len(masks) and all(len(s["sha256"]) == 64 for s in report["slices"])
+    assert report["patient"]["volume_voxels"] == sum(int((m > 0).sum()) for m in masks.values())
+    assert report["patient"]["volume_mm3"] is None and "not a diagnostic device" in report["disclaimer"]
+    html = (folder / "report.html").read_text()
+    assert not EXTERNAL.search(html) and "data:image/png;base64," in html
+    assert not (out / "summary.csv").exists()  # one patient: no index
+
+
+def test_registry_uri_and_local_folder_give_identical_masks(trained_project, tmp_path, capsys):
+    paths, _ = trained_project
+    patient = split_test_patients(paths)[-1]
+    common = ("--root", str(paths.root), "--params", str(PARAMS))
+    for name, model in (("registry", "models:/lgg-unet/1"), ("local", str(paths.model_dir("unet")))):
+        code, _, err = run_predict(capsys, str(patient), "--model", model, "--out", str(tmp_path / name), *common)
+        assert code == 0, err
+    registry, local = (written_masks(tmp_path / n / patient.name) for n in ("registry", "local"))
+    assert registry.keys() == local.keys() and all(np.array_equal(registry[k], local[k]) for k in registry)
+    reports = [json.loads((tmp_path / n / patient.name / "report.json").read_text()) for n in ("registry", "local")]
+    assert reports[0]["patient"] == reports[1]["patient"]
+    assert reports[0]["model"]["version"] == "1" and reports[1]["model"]["version"] is None
+
+
+def test_the_registered_model_carries_its_preprocessing_and_has_no_pickle(trained_project):
+    """MLflow users get the settings too (the model's metadata), and the network is a torch.export archive."""
+    from mlflow.models import Model
+
+    from conftest import mlflow_client
+
+    paths, _ = trained_project
+    client = mlflow_client(paths)
+    version = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    folder = Path(client.get_logged_model(version.source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    settings = Model.load(str(folder / "MLmodel")).metadata["lggseg"]
+    assert settings["preprocess"] == {"size": 64, "channels": "all"} and settings["spec"]["encoder"] == "resnet18"
+    assert settings == json.loads((folder / "extra_files" / "inference.json").read_text())
+    assert (folder / "data" / "model.pt2").is_file() and not list(folder.rglob("*.pth"))
+    assert torch.load(folder / "extra_files" / "best.pt", weights_only=True)["preprocess"] == settings["preprocess"]
+
+
+def test_an_unknown_model_uri_lists_what_the_registry_holds(trained_project, tmp_path, capsys):
+    paths, _ = trained_project
+    code, _, err = run_predict(capsys, str(split_test_patients(paths)[0]), "--model", "models:/lgg-nothing@champion",
+                               "--out", str(tmp_path / "out"), "--root", str(paths.root), "--params", str(PARAMS))
+    assert code == 1
+    assert "models:/lgg-nothing@champion" in err and "is not in the registry" in err
+    assert "lgg-unet (versions 1; @candidate=1)" in err and "lgg-segmentation (versions 1; @champion=1)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_patients_gets_a_summary_and_an_index(trained_project, tmp_path, capsys):
+    paths, _ = trained_project
+    source = tmp_path / "kaggle_3m"
+    source.mkdir()
+    for patient in split_test_patients(paths):
+        shutil.copytree(patient, source / patient.name)
+    shutil.copy(paths.dataset / "data.csv", source / "data.csv")  # other files in the tree are ignored
+    out = tmp_path / "out"
+    code, stdout, err = run_predict(capsys, str(source), "--model", str(paths.model_dir("fpn")), "--out", str(out),
+                                    "--root", str(paths.root))
+    assert code == 0, err
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["case"]) == sorted(p.name for p in source.iterdir() if p.is_dir())
+    assert "index.html" in stdout
+    index = (out / "index.html").read_text()
+    assert not EXTERNAL.search(index)
+    for case in summary["case"]:
+        assert f'href="{case}/report.html"' in index and (out / case / "report.html").is_file()
+        check_report_matches_metric_code(source / case, out / case)
+
+
+def test_a_single_slice(trained_project, tmp_path, capsys):
+    paths, _ = trained_project
+    image = sorted(p for p in split_test_patients(paths)[0].glob("*.tif") if not p.stem.endswith("_mask"))[0]
+    code, _, err = run_predict(capsys, str(image), "--model", str(paths.model_dir("unet")), "--out", str(tmp_path / "o"),
+                               "--probabilities")
+    assert code == 0, err
+    folder = tmp_path / "o" / image.parent.name
+    assert sorted(p.name for p in folder.glob("*.tif")) == [f"{image.stem}_mask.tif", f"{image.stem}_prob.tif"]
+    probabilities = tifffile.imread(folder / f"{image.stem}_prob.tif")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (256, 256)
+    assert 0 <= probabilities.min() and probabilities.max() <= 1
+    assert json.loads((folder / "report.json").read_text())["slices"][0]["image"] == image.name
+
+
+# -- bad input: a clear error naming the file, nothing written ---------------------------------------
+
+
+@pytest.fixture
+def patient_copy(trained_project, tmp_path) -> Path:
+    paths, _ = trained_project
+    patient = split_test_patients(paths)[0]
+    return Path(shutil.copytree(patient, tmp_path / "in" / patient.name))
+
+
+def first_image(patient: Path) -> Path:
+    return patient / f"{patient.name}_1.tif"
+
+
+def predict_local(capsys, trained_project, patient: Path, out: Path, *extra: str) -> tuple[int, str]:
+    paths, _ = trained_project
+    code, _, err = run_predict(capsys, str(patient), "--model", str(paths.model_dir("unet")), "--out", str(out), *extra)
+    return code, err
+
+
+def test_a_truncated_tif_is_named_and_nothing_is_written(trained_project, patient_copy, tmp_path, capsys):
+    image = patient_copy / f"{patient_copy.name}_5.tif"
+    image.write_bytes(image.read_bytes()[:1000])
+    code, err = predict_local(capsys, trained_project, patient_copy, tmp_path / "out")
+    assert code == 1 and f"{image}: cannot read as TIFF" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_grayscale_slice_is_refused_by_a_three_channel_model(trained_project, patient_copy, tmp_path, capsys):
+    image = first_image(patient_copy)
+    tifffile.imwrite(image, tifffile.imread(image)[:, :, 1])
+    code, err = predict_local(capsys, trained_project, patient_copy, tmp_path / "out")
+    assert code == 1 and f"{image}: grayscale 256x256 image" in err and "preprocess.channels: flair" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["uint16", "four_channels"])
+def test_an_image_that_is_not_hxwx3_uint8_is_named(trained_project, patient_copy, tmp_path, capsys, bad):
+    image = first_image(patient_copy)
+    pixels = tifffile.imread(image)
+    tifffile.imwrite(image, pixels.astype(np.uint16) * 200 if bad == "uint16" else np.dstack([pixels, pixels[:, :, :1]]))
+    code, err = predict_local(capsys, trained_project, patient_copy, tmp_path / "out")
+    assert code == 1 and str(image) in err
+    assert ("pixel type uint16" in err) if bad == "uint16" else ("expected H x W x 3" in err)
+
+
+def test_an_empty_folder_is_named(trained_project, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = predict_local(capsys, trained_project, empty, tmp_path / "out")
+    assert code == 1 and f"{empty}: no .tif slices" in err
+
+
+def test_a_mask_of_another_size_skips_the_dice_with_a_warning(trained_project, patient_copy, tmp_path, capsys, caplog):
+    mask = patient_copy / f"{patient_copy.name}_2_mask.tif"
+    tifffile.imwrite(mask, np.zeros((128, 128), np.uint8))
+    code, err = predict_local(capsys, trained_project, patient_copy, tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / patient_copy.name / "report.json").read_text())
+    assert report["patient"]["dice"] is None and "differs from its image" in report["patient"]["dice_note"]
+    assert all(s["dice"] is None for s in report["slices"])
+    assert any("differs from its image" in r.getMessage() for r in caplog.records)
+    assert len(written_masks(tmp_path / "out" / patient_copy.name)) == len(list(patient_copy.glob("*_mask.tif")))
+
+
+def test_an_existing_output_is_refused_unless_overwrite(trained_project, patient_copy, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    code, err = predict_local(capsys, trained_project, patient_copy, out)
+    assert code == 1 and f"{out} exists" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "earlier results"
+    code, err = predict_local(capsys, trained_project, patient_copy, out, "--overwrite")
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / patient_copy.name / "report.json").is_file()
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path, patient_copy, capsys):
+    spec = ModelSpec("unet", "resnet18", None, in_channels=3)
+    model = create_model(spec, pretrained=False)
+    folder = tmp_path / "models" / "unet"
+    folder.mkdir(parents=True)
+    # what torch.save(model) gives: the whole module pickled, so loading it would run code from the file
+    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict(), "preprocess": {"size": 64, "channels": "all"},
+                "model": model}, folder / "best.pt")
+    code, _, err = run_predict(capsys, str(patient_copy), "--model", str(folder), "--out", str(tmp_path / "out"))
+    assert code == 1 and f"{folder / 'best.pt'}: refused: it holds pickled Python objects" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_real_patient(trained_project, real_sample, tmp_path, capsys):
+    paths, _ = trained_project
+    patient = real_sample / "TCGA_CS_4941_19960909"
+    code, _, err = run_predict(capsys, str(patient), "--model", str(paths.model_dir("unet")), "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    masks = written_masks(tmp_path / "o" / patient.name)
+    assert set(masks) == {p.name for p in patient.glob("*_mask.tif")}
+    assert all(m.shape == (256, 256) and set(np.unique(m)) <= {0, 255} for m in masks.values())
+    report = check_report_matches_metric_code(patient, tmp_path / "o" / patient.name)
+    assert report["input"]["slices"] == 23 and report["input"]["image_size"] == [256, 256]
+
+
+# -- the model's own preprocessing, and the evaluation's predictions ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def flair_project(tmp_path_factory) -> Paths:
+    """A U-Net trained at 64x64 on the FLAIR channel only, evaluated (no registry)."""
+    paths = Paths.at(tmp_path_factory.mktemp("flair"))
+    cfg = tiny_config("preprocess.channels=flair", "model.architectures=[unet]", "train.epochs=8",
+                      "mlflow.register=false", "mlflow.experiment=lggseg-predict-flair")
+    for stage in (pipeline.download, pipeline.index, pipeline.split, pipeline.preprocess):
+        stage(cfg, paths)
+    pipeline.train(cfg, paths, "unet")
+    pipeline.evaluate(cfg, paths, "unet")
+    return paths
+
+
+@pytest.mark.slow
+def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_project, tmp_path, capsys):
+    patients = split_test_patients(flair_project)
+    code, _, err = run_predict(capsys, str(patients[0].parent), "--model", str(flair_project.model_dir("unet")),
+                               "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    per_patient = pd.read_csv(flair_project.report_dir("unet") / "per_patient.csv").set_index("patient_id")
+    settings = json.loads((flair_project.report_dir("unet") / "inference.json").read_text())
+    column = "dice_lcc" if settings["largest_component"] else "dice"
+    for patient in patients:
+        report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
+        assert report["model"]["channels"] == "flair" and report["model"]["size"] == 64
+        # evaluation scored the same predictions at 64x64; here they are upsampled to the 256x256 truth
+        assert report["patient"]["dice"] == pytest.approx(per_patient.loc[patient.name, column], abs=0.05)
+    assert per_patient[column].mean() > 0.5
+
+
+@pytest.mark.slow
+def test_a_flair_only_model_accepts_grayscale_slices(flair_project, tmp_path, capsys):
+    patient = split_test_patients(flair_project)[0]
+    gray = tmp_path / "in" / patient.name
+    gray.mkdir(parents=True)
+    for image in patient.glob("*.tif"):
+        pixels = tifffile.imread(image)
+        tifffile.imwrite(gray / image.name, pixels if image.stem.endswith("_mask") else pixels[:, :, 1])
+    common = ("--model", str(flair_project.model_dir("unet")))
+    for name, source in (("rgb", patient), ("gray", gray)):
+        code, _, err = run_predict(capsys, str(source), *common, "--out", str(tmp_path / name))
+        assert code == 0, err
+    report = json.loads((tmp_path / "gray" / patient.name / "report.json").read_text())
+    assert report["input"]["grayscale"] and "grayscale input read as the FLAIR channel" in report["notes"]
+    rgb, gray_masks = (written_masks(tmp_path / n / patient.name) for n in ("rgb", "gray"))
+    assert all(np.array_equal(rgb[k], gray_masks[k]) for k in rgb)  # the FLAIR channel is all it reads
+
+
+@pytest.fixture(scope="module")
+def full_size_project(tmp_path_factory) -> Paths:
+    """A U-Net at the data set's own 256x256 (one epoch: the numbers, not the quality, are under test)."""
+    paths = Paths.at(tmp_path_factory.mktemp("full"))
+    cfg = tiny_config("preprocess.size=256", "model.architectures=[unet]", "train.epochs=1", "train.batch_size=8",
+                      "mlflow.register=false", "mlflow.experiment=lggseg-predict-256")
+    for stage in (pipeline.download, pipeline.index, pipeline.split, pipeline.preprocess):
+        stage(cfg, paths)
+    pipeline.train(cfg, paths, "unet")
+    pipeline.evaluate(cfg, paths, "unet")
+    return paths
+
+
+@pytest.mark.slow
+def test_a_patients_prediction_is_the_one_evaluation_scored(full_size_project, tmp_path, capsys):
+    patients = split_test_patients(full_size_project)
+    code, _, err = run_predict(capsys, str(patients[0].parent), "--model", str(full_size_project.model_dir("unet")),
+                               "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    per_patient = pd.read_csv(full_size_project.report_dir("unet") / "per_patient.csv").set_index("patient_id")
+    settings = json.loads((full_size_project.report_dir("unet") / "inference.json").read_text())
+    column = "dice_lcc" if settings["largest_component"] else "dice"
+    for patient in patients:
+        report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
+        assert report["patient"]["dice"] == pytest.approx(per_patient.loc[patient.name, column], abs=1e-9)
