@@ -17,6 +17,7 @@ import torch
 from conftest import PARAMS, tiny_config
 from lggseg import pipeline
 from lggseg.cli import main
+from lggseg.data.preprocess import prepare_mask
 from lggseg.evaluation import count_table
 from lggseg.metrics import segmentation_summary, slice_dice
 from lggseg.models import ModelSpec, create_model
@@ -295,9 +296,13 @@ def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_projec
     for patient in patients:
         report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
         assert report["model"]["channels"] == "flair" and report["model"]["size"] == 64
-        # evaluation scored the same predictions at 64x64; here they are upsampled to the 256x256 truth
-        assert report["patient"]["dice"] == pytest.approx(per_patient.loc[patient.name, column], abs=0.05)
-    assert per_patient[column].mean() > 0.5
+        assert report["patient"]["dice"] > 0.5
+        # evaluation scored these very masks at the model's 64x64 (the written 256x256 masks are them,
+        # enlarged by nearest neighbour): brought back to 64x64 they give evaluation's Dice exactly
+        truth, pred, table = truth_and_prediction(patient, tmp_path / "out" / patient.name)
+        small = lambda masks: np.stack([prepare_mask(m, 64) for m in masks])  # noqa: E731
+        dice = segmentation_summary(count_table(small(truth), small(pred), table))["dice_patient_mean"]
+        assert dice == pytest.approx(per_patient.loc[patient.name, column], abs=1e-9)
 
 
 @pytest.mark.slow
