@@ -39,6 +39,7 @@ from lggseg.config import MlflowConfig  # noqa: E402
 from lggseg.data import synthetic  # noqa: E402
 from lggseg.data.scans import find_patients, read_patient  # noqa: E402
 from lggseg.devices import cpu_has_native_bf16, inference_runtime  # noqa: E402
+from lggseg.inference import InferenceSettings  # noqa: E402
 from lggseg.models import ModelSpec, create_model, save_checkpoint  # noqa: E402
 from lggseg.predict import load_model, predict, segment_patient  # noqa: E402
 
@@ -52,8 +53,10 @@ CONFIGS = [  # (encoder, size, precision): the default first, then what a faster
 def random_model(folder: Path, encoder: str, size: int) -> Path:
     spec = ModelSpec("unet", encoder, None, in_channels=3)
     torch.manual_seed(0)
-    save_checkpoint(folder / "best.pt", create_model(spec, pretrained=False), spec,
-                    preprocess={"size": size, "channels": "all"})
+    preprocess = {"size": size, "channels": "all"}
+    save_checkpoint(folder / "best.pt", create_model(spec, pretrained=False), spec, preprocess=preprocess)
+    settings = InferenceSettings(spec=spec.to_dict(), preprocess=preprocess, largest_component=True)
+    (folder / "inference.json").write_text(json.dumps(settings.to_dict()))  # as evaluation writes it
     return folder
 
 

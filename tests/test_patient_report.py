@@ -146,7 +146,7 @@ def test_one_tile_per_slice_with_predicted_or_true_tumour(with_truth):
     assert tile_captions(document) == [f"slice {p + 1}" for p in positive]
     assert document.count('class="flag miss"') == 1  # truth only: the model missed it
     assert document.count('class="flag extra"') == 1  # prediction only
-    assert "ground truth (radiologist)" in document
+    assert "ground truth (given masks)" in document
     assert "Dice vs ground truth" in document and "0.500" in document
 
 
@@ -174,7 +174,7 @@ def test_without_ground_truth_there_is_no_dice_and_no_truth_legend():
     pred = volume(PRED_SLICES)
     document = report_html(make_report(pred, None), flair_volume(), pred, None)
     assert len(TILE.findall(document)) == len(PRED_SLICES)
-    assert "ground truth (radiologist)" not in document and "swatch truth" not in document
+    assert "ground truth (given masks)" not in document and "swatch truth" not in document
     assert "<th>Dice</th>" not in document and "<th>true px</th>" not in document
     assert "Dice " not in " ".join(re.findall(r"<figcaption>.*?</figcaption>", document))
     assert 'class="truth"' not in document  # no true-area line in the chart

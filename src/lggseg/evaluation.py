@@ -33,6 +33,7 @@ from lggseg.metrics import (
 from lggseg.models import load_checkpoint
 from lggseg.paths import Paths
 from lggseg.tracking import Tracker, TrackingError, git_state, read_run_pointer
+from lggseg.training import processed_manifest
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     metrics["postprocess_rule"] = postprocess_rule
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     settings = InferenceSettings(
-        spec=checkpoint["spec"], preprocess=checkpoint["preprocess"], threshold=cfg.evaluate.threshold,
+        spec=checkpoint["spec"], preprocess=_evaluated_preprocess(paths, checkpoint, model_dir / "best.pt"),
+        threshold=cfg.evaluate.threshold,
         largest_component=largest_component, precision=cfg.evaluate.precision, chosen_on=postprocess_rule,
     )
 
@@ -184,6 +186,17 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     else:
         _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary)
     return metrics
+
+
+def _evaluated_preprocess(paths: Paths, checkpoint: dict, checkpoint_path: Path) -> dict:
+    """Size and channels of the processed slices evaluated on; they must be the ones the model was trained on."""
+    manifest = processed_manifest(paths)
+    preprocess = {"size": int(manifest["size"]), "channels": str(manifest["channels"])}
+    trained = checkpoint.get("preprocess")  # absent in checkpoints of older lggseg versions
+    if trained is not None and trained != preprocess:
+        raise ValueError(f"{checkpoint_path} was trained on {trained} slices, but {paths.processed} holds "
+                         f"{preprocess}: re-run train (dvc repro)")
+    return preprocess
 
 
 def _training_run(cfg: Config, paths: Paths, arch: str) -> tuple[Tracker | None, str | None]:

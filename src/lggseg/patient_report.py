@@ -382,7 +382,7 @@ def _summary_section(report: dict, n_slices: int, has_truth: bool) -> str:
 def _legend(has_truth: bool) -> str:
     items = ['<span><span class="swatch pred"></span>prediction (model)</span>']
     if has_truth:
-        items.append('<span><span class="swatch truth"></span>ground truth (radiologist)</span>')
+        items.append('<span><span class="swatch truth"></span>ground truth (given masks)</span>')
     items.append("<span>grey: FLAIR slice</span>")
     return f'<div class="legend">{"".join(items)}</div>'
 

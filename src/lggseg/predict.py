@@ -131,14 +131,21 @@ def _ready(network: torch.nn.Module, settings: InferenceSettings, runtime: Runti
 
 def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages, batch_size: int) -> tuple[list, list, float]:
     """(masks {0, 1}, probabilities, seconds): slices prepared as in training, thresholded and post-processed
-    at the model's size as evaluation does, then brought back to each slice's own size."""
+    at the model's size as evaluation does, then brought back to each slice's own size. What the
+    post-processing removed is noted in `inputs.notes`."""
     started = time.perf_counter()
     size, channels = model.settings.preprocess["size"], model.settings.preprocess["channels"]
     prepared = np.stack([prepare_image(image, size, channels) for image in inputs.images])
     probs = predict_probabilities(model.network, prepared, model.runtime, batch_size)
     pred = (probs > model.settings.threshold).astype(np.uint8)
     if model.settings.largest_component:
-        pred = largest_component_3d(pred)
+        kept = largest_component_3d(pred)
+        removed = [str(s.number if s.number is not None else i + 1) for i, s in enumerate(scan.slices)
+                   if (pred[i] != kept[i]).any()]
+        if removed:
+            inputs.notes.append(f"keeping only the largest 3-D tumour component (chosen on the val patients) removed "
+                                f"smaller regions above the threshold on slice(s) {', '.join(removed)}")
+        pred = kept
     masks, maps = [], []
     for image, mask, prob in zip(inputs.images, pred, probs):
         height, width = image.shape[:2]
