@@ -92,6 +92,7 @@ BAD_VALUES = [
     ("evaluate.batch_size=0", "evaluate.batch_size must be >= 1; got 0"),
     ("evaluate.figures_patients=4", "evaluate.figures_patients must be in [0, 3]; got 4"),
     ("evaluate.figures_patients=-1", "evaluate.figures_patients must be in [0, 3]; got -1"),
+    ("evaluate.precision=fp16", "evaluate.precision must be one of auto, fp32, bf16; got 'fp16'"),
     ("mlflow.experiment=''", "mlflow.experiment must be a non-empty string; got ''"),
     ("mlflow.tracking_uri=[a]", "mlflow.tracking_uri must be a non-empty string; got ['a']"),
     ("mlflow.register=maybe", "mlflow.register must be true or false; got 'maybe'"),
