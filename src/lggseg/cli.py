@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_predict(sub) -> None:
-    from lggseg.devices import PRECISIONS
+    from lggseg.config import PRECISIONS
 
     text = ("segment new scans with a registered or local model: masks, report.json and report.html per patient "
             "(a research tool, not a diagnostic device)")

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
 import yaml
 
@@ -64,6 +64,8 @@ NonNegativeInt = Annotated[int, Range(ge=0)]
 Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
 Probability = Annotated[float, Range(ge=0, le=1)]
 Threshold = Annotated[float, Range(gt=0, lt=1)]  # probability cut-off: 0 or 1 would make every pixel one class
+Precision = Literal["auto", "fp32", "bf16"]  # inference: evaluate.precision, `lggseg predict --precision`
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 Fraction = Annotated[float, Range(ge=0, lt=1)]  # of the patients; something must be left for train
 
 
@@ -152,7 +154,7 @@ class EvaluateConfig:
     largest_component: bool = True
     batch_size: AtLeastOne = 32
     figures_patients: Annotated[int, Range(ge=0, le=3)] = 3  # best, median, worst
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16
+    precision: Precision = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16
 
 
 @dataclass(frozen=True)

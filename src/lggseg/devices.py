@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lggseg.config import PRECISIONS
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -57,9 +59,6 @@ def resolve_runtime(requested: str = "auto") -> Runtime:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Runtime(device, dtype, channels_last=True, pin_memory=True)
     return Runtime(device, None, channels_last=False, pin_memory=False)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
