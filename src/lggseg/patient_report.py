@@ -101,8 +101,6 @@ tr.positive td { background: #fdf1fb; }
 tr.positive td:first-child { box-shadow: inset 3px 0 0 var(--pred); }
 tr.missed td:first-child { box-shadow: inset 3px 0 0 var(--truth); }
 td.file { font: .8rem ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; color: var(--muted); }
-th.sorted::after { content: " \\25B2"; font-size: .7em; color: var(--muted); }
-th.sortable::after { content: " \\21C5"; font-size: .75em; color: #aab2bb; }
 a { color: #0b5cad; }
 .disclaimer { background: var(--warn-bg); border-color: var(--warn-line); font-weight: 600; }
 .disclaimer p { margin: 0; }
@@ -583,9 +581,10 @@ def index_html(summary: pd.DataFrame, title: str = "lggseg predictions") -> str:
     if missing:
         raise KeyError(f"summary is missing column(s) {missing}; it has {list(summary.columns)}")
     ordered = summary.sort_values("case", kind="stable", key=lambda cases: cases.astype(str))
-    headers = [("case", "text sorted"), ("slices", "sortable"), ("tumour-positive slices", "sortable"),
-               ("volume (voxels)", "sortable"), ("volume (mm³)", "sortable"), ("largest tumour slice", "sortable"),
-               ("max tumour probability", "sortable"), ("Dice", "sortable")]
+    # a static page (no scripts): the table is sorted by case and says nothing that suggests clicking
+    headers = [("case", "text"), ("slices", "num"), ("tumour-positive slices", "num"),
+               ("volume (voxels)", "num"), ("volume (mm³)", "num"), ("largest tumour slice", "num"),
+               ("max tumour probability", "num"), ("Dice", "num")]
     head = "".join(f'<th class="{css}" scope="col">{html.escape(name)}</th>' for name, css in headers)
     rows = "".join(_index_row(row) for _, row in ordered.iterrows())
     if not rows:
