@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 
-from conftest import PARAMS, tiny_config
+from conftest import PARAMS, mlflow_client, tiny_config
 from lggseg import pipeline
 from lggseg.cli import main
 from lggseg.data.preprocess import prepare_mask
@@ -79,7 +79,9 @@ def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_pr
         assert mask.dtype == np.uint8 and mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
     report = check_report_matches_metric_code(patient, folder)
     assert report["model"]["uri"] == "models:/lgg-segmentation@champion"
-    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == "1"
+    champion = mlflow_client(paths).get_model_version_by_alias("lgg-segmentation", "champion")
+    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == champion.version
+    assert report["model"]["run_id"] == champion.run_id
     assert report["model"]["size"] == 64 and report["model"]["channels"] == "all"
     assert report["patient"]["dice"] > 0.4  # a trained model on an easy synthetic patient
     assert len(report["slices"]) == len(masks) and all(len(s["sha256"]) == 64 for s in report["slices"])
@@ -94,21 +96,21 @@ def test_registry_uri_and_local_folder_give_identical_masks(trained_project, tmp
     paths, _ = trained_project
     patient = split_test_patients(paths)[-1]
     common = ("--root", str(paths.root), "--params", str(PARAMS))
-    for name, model in (("registry", "models:/lgg-unet/1"), ("local", str(paths.model_dir("unet")))):
+    # the version registered by the latest evaluation of models/unet (other tests may have added versions)
+    version = mlflow_client(paths).get_model_version_by_alias("lgg-unet", "candidate").version
+    for name, model in (("registry", f"models:/lgg-unet/{version}"), ("local", str(paths.model_dir("unet")))):
         code, _, err = run_predict(capsys, str(patient), "--model", model, "--out", str(tmp_path / name), *common)
         assert code == 0, err
     registry, local = (written_masks(tmp_path / n / patient.name) for n in ("registry", "local"))
     assert registry.keys() == local.keys() and all(np.array_equal(registry[k], local[k]) for k in registry)
     reports = [json.loads((tmp_path / n / patient.name / "report.json").read_text()) for n in ("registry", "local")]
     assert reports[0]["patient"] == reports[1]["patient"]
-    assert reports[0]["model"]["version"] == "1" and reports[1]["model"]["version"] is None
+    assert reports[0]["model"]["version"] == version and reports[1]["model"]["version"] is None
 
 
 def test_the_registered_model_carries_its_preprocessing_and_has_no_pickle(trained_project):
     """MLflow users get the settings too (the model's metadata), and the network is a torch.export archive."""
     from mlflow.models import Model
-
-    from conftest import mlflow_client
 
     paths, _ = trained_project
     client = mlflow_client(paths)
@@ -127,7 +129,11 @@ def test_an_unknown_model_uri_lists_what_the_registry_holds(trained_project, tmp
                                "--out", str(tmp_path / "out"), "--root", str(paths.root), "--params", str(PARAMS))
     assert code == 1
     assert "models:/lgg-nothing@champion" in err and "is not in the registry" in err
-    assert "lgg-unet (versions 1; @candidate=1)" in err and "lgg-segmentation (versions 1; @champion=1)" in err
+    client = mlflow_client(paths)
+    for name, alias in (("lgg-unet", "candidate"), ("lgg-fpn", "candidate"), ("lgg-segmentation", "champion")):
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        current = client.get_model_version_by_alias(name, alias).version
+        assert f"{name} (versions {', '.join(map(str, versions))}; @{alias}={current})" in err
     assert not (tmp_path / "out").exists()
 
 
