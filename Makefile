@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo exps test repro push pull mlflow-ui
+.PHONY: install demo predict-demo exps test repro push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ demo: install
 	@echo "  make mlflow-ui                   MLflow UI, experiment lggseg-demo (click \"Model training\" once)"
 	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
 	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
+	@echo "  make predict-demo                lggseg predict: the champion on 3 new synthetic patients"
+
+# After `make demo`: `lggseg predict` with the registered champion on new (synthetic) scans; predictions/ is
+# ignored by git
+predict-demo: install
+	@rm -rf predictions/demo-scans
+	@lggseg synth predictions/demo-scans --patients 3 --seed 7 >/dev/null
+	lggseg predict predictions/demo-scans/kaggle_3m --out predictions/demo --overwrite
+	@echo "Reports: predictions/demo/index.html (one report.html per patient)"
 
 exps: install  # `dvc exp show` at terminal width: per-patient Dice per architecture, the params that differ
 	@lggseg exps
