@@ -87,6 +87,13 @@ def test_quick_start_in_order_on_a_fresh_clone_leaves_git_status_clean(tmp_path)
     assert re.search(r"^└─ demo .*\d\.\d{3}", outputs["make demo"], re.M) and "Demo finished" in outputs["make demo"]
     assert re.search(r"\d+ passed", outputs["make test"]) and " failed" not in outputs["make test"]
 
+    # the demo's next step: its registered champion on new scans, and still nothing for git to see
+    result = subprocess.run([*make, "predict-demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"make predict-demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    summary = (clone / "predictions" / "demo" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 4 and (clone / "predictions" / "demo" / "index.html").is_file()
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout == ""
+
 
 @pytest.mark.parametrize("configured", [True, False], ids=["user-identity", "none-configured"])
 def test_experiment_commits_use_the_users_git_identity_when_there_is_one(tmp_path, configured):

@@ -80,7 +80,7 @@ def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_pr
     report = check_report_matches_metric_code(patient, folder)
     assert report["model"]["uri"] == "models:/lgg-segmentation@champion"
     champion = mlflow_client(paths).get_model_version_by_alias("lgg-segmentation", "champion")
-    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == champion.version
+    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == str(champion.version)
     assert report["model"]["run_id"] == champion.run_id
     assert report["model"]["size"] == 64 and report["model"]["channels"] == "all"
     assert report["patient"]["dice"] > 0.4  # a trained model on an easy synthetic patient
@@ -97,7 +97,7 @@ def test_registry_uri_and_local_folder_give_identical_masks(trained_project, tmp
     patient = split_test_patients(paths)[-1]
     common = ("--root", str(paths.root), "--params", str(PARAMS))
     # the version registered by the latest evaluation of models/unet (other tests may have added versions)
-    version = mlflow_client(paths).get_model_version_by_alias("lgg-unet", "candidate").version
+    version = str(mlflow_client(paths).get_model_version_by_alias("lgg-unet", "candidate").version)
     for name, model in (("registry", f"models:/lgg-unet/{version}"), ("local", str(paths.model_dir("unet")))):
         code, _, err = run_predict(capsys, str(patient), "--model", model, "--out", str(tmp_path / name), *common)
         assert code == 0, err
