@@ -277,12 +277,10 @@ def test_a_real_patient(trained_project, real_sample, tmp_path, capsys):
 # -- the model's own preprocessing, and the evaluation's predictions ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def flair_project(tmp_path_factory) -> Paths:
-    """A U-Net trained at 64x64 on the FLAIR channel only, evaluated (no registry)."""
-    paths = Paths.at(tmp_path_factory.mktemp("flair"))
-    cfg = tiny_config("preprocess.channels=flair", "model.architectures=[unet]", "train.epochs=8",
-                      "mlflow.register=false", "mlflow.experiment=lggseg-predict-flair")
+def evaluated_unet(folder: Path, *settings: str) -> Paths:
+    """A project with a U-Net trained and evaluated on TINY synthetic data plus `settings` (no registry)."""
+    paths = Paths.at(folder)
+    cfg = tiny_config("model.architectures=[unet]", "mlflow.register=false", *settings)
     for stage in (pipeline.download, pipeline.index, pipeline.split, pipeline.preprocess):
         stage(cfg, paths)
     pipeline.train(cfg, paths, "unet")
@@ -290,15 +288,27 @@ def flair_project(tmp_path_factory) -> Paths:
     return paths
 
 
+def predict_test_split(paths: Paths, out: Path, capsys) -> tuple[list[Path], pd.Series]:
+    """Predict every test patient of `paths` with its local U-Net into `out`; returns the patients and the
+    per-patient Dice evaluation gave them (with the post-processing evaluation chose)."""
+    patients = split_test_patients(paths)
+    code, _, err = run_predict(capsys, str(patients[0].parent), "--model", str(paths.model_dir("unet")), "--out", str(out))
+    assert code == 0, err
+    per_patient = pd.read_csv(paths.report_dir("unet") / "per_patient.csv").set_index("patient_id")
+    settings = json.loads((paths.report_dir("unet") / "inference.json").read_text())
+    return patients, per_patient["dice_lcc" if settings["largest_component"] else "dice"]
+
+
+@pytest.fixture(scope="module")
+def flair_project(tmp_path_factory) -> Paths:
+    """A U-Net trained at 64x64 on the FLAIR channel only."""
+    return evaluated_unet(tmp_path_factory.mktemp("flair"), "preprocess.channels=flair", "train.epochs=8",
+                          "mlflow.experiment=lggseg-predict-flair")
+
+
 @pytest.mark.slow
 def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_project, tmp_path, capsys):
-    patients = split_test_patients(flair_project)
-    code, _, err = run_predict(capsys, str(patients[0].parent), "--model", str(flair_project.model_dir("unet")),
-                               "--out", str(tmp_path / "out"))
-    assert code == 0, err
-    per_patient = pd.read_csv(flair_project.report_dir("unet") / "per_patient.csv").set_index("patient_id")
-    settings = json.loads((flair_project.report_dir("unet") / "inference.json").read_text())
-    column = "dice_lcc" if settings["largest_component"] else "dice"
+    patients, evaluated = predict_test_split(flair_project, tmp_path / "out", capsys)
     for patient in patients:
         report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
         assert report["model"]["channels"] == "flair" and report["model"]["size"] == 64
@@ -308,7 +318,7 @@ def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_projec
         truth, pred, table = truth_and_prediction(patient, tmp_path / "out" / patient.name)
         small = lambda masks: np.stack([prepare_mask(m, 64) for m in masks])  # noqa: E731
         dice = segmentation_summary(count_table(small(truth), small(pred), table))["dice_patient_mean"]
-        assert dice == pytest.approx(per_patient.loc[patient.name, column], abs=1e-9)
+        assert dice == pytest.approx(evaluated[patient.name], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -332,25 +342,13 @@ def test_a_flair_only_model_accepts_grayscale_slices(flair_project, tmp_path, ca
 @pytest.fixture(scope="module")
 def full_size_project(tmp_path_factory) -> Paths:
     """A U-Net at the data set's own 256x256 (one epoch: the numbers, not the quality, are under test)."""
-    paths = Paths.at(tmp_path_factory.mktemp("full"))
-    cfg = tiny_config("preprocess.size=256", "model.architectures=[unet]", "train.epochs=1", "train.batch_size=8",
-                      "mlflow.register=false", "mlflow.experiment=lggseg-predict-256")
-    for stage in (pipeline.download, pipeline.index, pipeline.split, pipeline.preprocess):
-        stage(cfg, paths)
-    pipeline.train(cfg, paths, "unet")
-    pipeline.evaluate(cfg, paths, "unet")
-    return paths
+    return evaluated_unet(tmp_path_factory.mktemp("full"), "preprocess.size=256", "train.epochs=1", "train.batch_size=8",
+                          "mlflow.experiment=lggseg-predict-256")
 
 
 @pytest.mark.slow
 def test_a_patients_prediction_is_the_one_evaluation_scored(full_size_project, tmp_path, capsys):
-    patients = split_test_patients(full_size_project)
-    code, _, err = run_predict(capsys, str(patients[0].parent), "--model", str(full_size_project.model_dir("unet")),
-                               "--out", str(tmp_path / "out"))
-    assert code == 0, err
-    per_patient = pd.read_csv(full_size_project.report_dir("unet") / "per_patient.csv").set_index("patient_id")
-    settings = json.loads((full_size_project.report_dir("unet") / "inference.json").read_text())
-    column = "dice_lcc" if settings["largest_component"] else "dice"
+    patients, evaluated = predict_test_split(full_size_project, tmp_path / "out", capsys)
     for patient in patients:
         report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
-        assert report["patient"]["dice"] == pytest.approx(per_patient.loc[patient.name, column], abs=1e-9)
+        assert report["patient"]["dice"] == pytest.approx(evaluated[patient.name], abs=1e-9)
