@@ -140,8 +140,7 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
     pred = (probs > model.settings.threshold).astype(np.uint8)
     if model.settings.largest_component:
         kept = largest_component_3d(pred)
-        removed = [str(s.number if s.number is not None else i + 1) for i, s in enumerate(scan.slices)
-                   if (pred[i] != kept[i]).any()]
+        removed = [str(n) for i, n in enumerate(scan.slice_numbers) if (pred[i] != kept[i]).any()]
         if removed:
             inputs.notes.append(f"keeping only the largest 3-D tumour component (chosen on the val patients) removed "
                                 f"smaller regions above the threshold on slice(s) {', '.join(removed)}")
@@ -158,7 +157,7 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
 def patient_report(model: LoadedModel, scan: PatientScan, inputs: PatientImages, pred: list[np.ndarray],
                    probabilities: list[np.ndarray], seconds: float, spacing: tuple[float, float, float] | None) -> dict:
     """The report.json of one patient; Dice (per slice and per patient) by the project's metric code."""
-    numbers = [s.number if s.number is not None else i + 1 for i, s in enumerate(scan.slices)]
+    numbers = scan.slice_numbers
     areas = [int(mask.sum()) for mask in pred]
     slices = [{"slice": n, "image": s.image.name, "sha256": digest, "mask": f"{s.image.stem}_mask.tif",
                "tumor_probability": float(prob.max()), "predicted_pixels": area, "true_pixels": None, "dice": None}

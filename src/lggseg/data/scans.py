@@ -40,6 +40,11 @@ class PatientScan:
     folder: Path
     slices: tuple[ScanSlice, ...]
 
+    @property
+    def slice_numbers(self) -> list[int]:
+        """The n of each `<case>_<n>.tif`; position (from 1) for names without a number."""
+        return [s.number if s.number is not None else i + 1 for i, s in enumerate(self.slices)]
+
 
 @dataclass
 class PatientImages:
