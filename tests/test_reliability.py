@@ -51,7 +51,7 @@ def test_a_diverging_training_stops_saves_nothing_broken_and_fails_the_run(tmp_p
 
     assert main(_cli_args(paths, "train", "train.epochs=2", "train.lr=1.0e+30")) == 1
     err = capsys.readouterr().err
-    assert "training diverged in epoch 1, batch" in err and "lower train.lr" in err and "Traceback" not in err
+    assert "training diverged in epoch 1 by batch" in err and "lower train.lr" in err and "Traceback" not in err
     assert best.read_bytes() == good  # the last finite model survives
     run_id = read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"]
     run = mlflow_client(paths).get_run(run_id)

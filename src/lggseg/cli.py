@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
         stage = getattr(pipeline, args.command.replace("-", "_"))
-        if args.command in PER_ARCH:
+        if args.command == "train":  # its own command line, to relaunch under torchrun (train.nproc)
+            stage(cfg, paths, args.arch, list(sys.argv[1:] if argv is None else argv))
+        elif args.command in PER_ARCH:
             stage(cfg, paths, args.arch)
         else:
             stage(cfg, paths)

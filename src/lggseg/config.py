@@ -66,6 +66,8 @@ Probability = Annotated[float, Range(ge=0, le=1)]
 Threshold = Annotated[float, Range(gt=0, lt=1)]  # probability cut-off: 0 or 1 would make every pixel one class
 Precision = Literal["auto", "fp32", "bf16"]  # inference: evaluate.precision, `lggseg predict --precision`
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]  # train.precision: fp16 adds the GradScaler
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 Fraction = Annotated[float, Range(ge=0, lt=1)]  # of the patients; something must be left for train
 
 
@@ -146,6 +148,12 @@ class TrainConfig:
     seed: Seed = 42
     resume: bool = False
     threshold: Threshold = 0.5
+    # the runtime (lggseg.devices); `auto` picks per device, every choice also runs on CPU
+    precision: TrainPrecision = "auto"  # autocast dtype: auto = bf16 on GPUs (fp16 without bf16) and CPUs with native bf16
+    memory_format: MemoryFormat = "auto"  # auto = channels_last except on MPS
+    pin_memory: Literal["auto", True, False] = "auto"  # pinned loader memory + non-blocking copies; auto = on CUDA
+    compile: bool = False  # torch.compile the training forward
+    nproc: AtLeastOne | Literal["auto"] = "auto"  # processes (DDP under torchrun); auto = one per visible GPU
 
 
 @dataclass(frozen=True)
@@ -290,11 +298,19 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, source)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key, source)
+        rules = []
+        for alternative in inner:  # `int | Literal["auto"]`: the first that takes the value
+            try:
+                return _coerce(alternative, value, key, source)
+            except ConfigError as exc:
+                rules.append(str(exc).partition(f"{key} must be ")[2].rpartition("; got")[0])
+        raise ConfigError(f"{source}: {key} must be {' or '.join(rules)}; got {value!r}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(param_text, args))}; got {value!r}")
         return value
     if origin is tuple:
         if isinstance(value, str):

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from typing import Sequence
 
 import pandas as pd
 
@@ -70,15 +73,35 @@ def check_architecture(cfg: Config, arch: str) -> None:
                           f"add it there, e.g. --set model.architectures=[{', '.join((*cfg.model.architectures, arch))}]")
 
 
-def train(cfg: Config, paths: Paths, arch: str) -> None:
+def train(cfg: Config, paths: Paths, arch: str, cli_args: Sequence[str] = ()) -> None:
+    """Train `arch`. With train.nproc > 1 (or `auto` and several GPUs) this process relaunches
+    `lggseg <cli_args>` under torchrun and waits; under torchrun each rank trains its share."""
     check_architecture(cfg, arch)
+    from lggseg import distributed
     from lggseg.locks import architecture_lock
     from lggseg.training import train_architecture  # imports torch: only after the config is known to be good
 
-    with architecture_lock(paths, arch, "trained"):
-        summary = train_architecture(cfg, arch, paths)
+    if distributed.under_torchrun():
+        # the ranks of `lggseg train`'s own launch: the launcher holds the lock; by hand, rank 0 takes it
+        own_launch = os.environ.get(distributed.LAUNCHED_BY_LGGSEG) == "1"
+        rank0 = os.environ.get("RANK", "0") == "0"
+        with contextlib.nullcontext() if own_launch or not rank0 else architecture_lock(paths, arch, "trained"):
+            summary = train_architecture(cfg, arch, paths)
+        if not rank0 or own_launch:
+            return  # the launcher prints the summary
+    else:
+        nproc = distributed.processes(cfg.train.nproc, cfg.train.device)
+        with architecture_lock(paths, arch, "trained"):
+            if nproc > 1:
+                if not cli_args:
+                    raise ConfigError(f"train.nproc={nproc} needs the command line to relaunch under torchrun; "
+                                      "run `lggseg train` or torchrun")
+                distributed.launch(nproc, cli_args)
+                summary = json.loads((paths.model_dir(arch) / "train_summary.json").read_text())
+            else:
+                summary = train_architecture(cfg, arch, paths)
     print(f"{arch}: best val per-patient Dice {summary['val_dice_patient']:.4f} at epoch {summary['best_epoch']} "
-          f"of {summary['epochs_run']} (MLflow run {summary['run_id']})")
+          f"of {summary['epochs_run']} (MLflow run {summary['run_id']}, {summary['processes']} process(es))")
 
 
 def evaluate(cfg: Config, paths: Paths, arch: str) -> None:

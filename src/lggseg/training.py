@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lggseg.atomic import write_csv, write_json
@@ -20,7 +21,9 @@ from lggseg.config import Config, TrainConfig
 from lggseg.data.augment import build_augmentation
 from lggseg.data.dataset import SliceDataset, seed_worker
 from lggseg.data.split import check_no_leak
-from lggseg.devices import Runtime, resolve_runtime, seed_everything
+from lggseg import distributed
+from lggseg.devices import Runtime, resolve_device, resolve_runtime, seed_everything
+from lggseg.distributed import Group, ShardSampler
 from lggseg.inference import predict_batches
 from lggseg.metrics import SliceCountAccumulator, segmentation_summary
 from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
@@ -34,6 +37,7 @@ HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
     "train_images_per_second",
 ]
+LOSS_CHECK_EVERY = 25  # batches between host syncs of the running loss (progress bar, divergence check)
 
 
 @dataclass
@@ -100,25 +104,54 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     return None
 
 
-def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    transform = build_augmentation(cfg.augment, seed=cfg.train.seed)
+def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.Generator,
+                 group: Group = distributed.SINGLE) -> tuple[DataLoader, DataLoader]:
+    """Train (shuffled, augmented) and val loaders. Under DDP each rank gets its share: train through
+    torch's DistributedSampler (train.batch_size is per process), val through a ShardSampler."""
+    transform = build_augmentation(cfg.augment, seed=cfg.train.seed + group.rank)
     train_set = SliceDataset(paths.processed, "train", transform=transform)
     val_set = SliceDataset(paths.processed, "val")
     check_no_leak({"train": train_set.patient_ids, "val": val_set.patient_ids})
     if len(val_set) == 0:
         raise ValueError("the val split is empty: model selection needs validation patients (split.val_fraction > 0)")
     common = dict(
-        num_workers=cfg.train.num_workers, pin_memory=runtime.pin_memory, worker_init_fn=seed_worker,
-        persistent_workers=cfg.train.num_workers > 0,
+        num_workers=cfg.train.num_workers, worker_init_fn=seed_worker, persistent_workers=cfg.train.num_workers > 0,
+        **runtime.loader_options(),
     )
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(train_set) > cfg.train.batch_size,
+    drop_last = len(train_set) > cfg.train.batch_size * group.world_size
+    if group.distributed:
+        sampler = DistributedSampler(train_set, num_replicas=group.world_size, rank=group.rank, shuffle=True,
+                                     seed=cfg.train.seed, drop_last=drop_last)
+        train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last,
+                                  **common)
+        val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, sampler=ShardSampler(len(val_set), group),
+                                **common)
+        return train_loader, val_loader
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=drop_last,
                               generator=generator, **common)
     val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, **common)
     return train_loader, val_loader
 
 
+def training_runtime(tcfg: TrainConfig) -> tuple[Runtime, Group]:
+    """The runtime of this process and its place in a torchrun job (rank 0 of 1 outside one)."""
+    group = distributed.start(resolve_device(tcfg.device))
+    index = group.local_rank if group.distributed and tcfg.device in ("auto", "cuda") else None
+    runtime = resolve_runtime(tcfg.device, tcfg.precision, tcfg.memory_format, tcfg.pin_memory, index=index)
+    return runtime, group
+
+
 def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
-    """Train one architecture; writes models/<arch>/ and reports/arch/<arch>/train_history.csv."""
+    """Train one architecture; writes models/<arch>/ and reports/arch/<arch>/train_history.csv.
+    Under torchrun every rank calls this; rank 0 alone writes files and logs to MLflow."""
+    runtime, group = training_runtime(cfg.train)
+    try:
+        return _train(cfg, arch, paths, runtime, group)
+    finally:
+        distributed.stop(group)
+
+
+def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group) -> dict:
     tcfg = cfg.train
     manifest = processed_manifest(paths)
     spec = ModelSpec(arch=arch, encoder=cfg.model.encoder, encoder_weights=cfg.model.encoder_weights,
@@ -126,13 +159,15 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     # travels with the weights, so `lggseg predict` prepares new scans as this model was trained
     preprocess = {"size": int(manifest["size"]), "channels": str(manifest["channels"])}
     model_dir = paths.model_dir(arch)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    main = group.is_main
+    if main:
+        model_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = model_dir / "last.pt", model_dir / "best.pt"
 
-    tracker = Tracker(cfg.mlflow, paths.root)  # fails here, before any epoch, if the store is unreachable
-    runtime = resolve_runtime(tcfg.device)
+    # rank 0 logs; it fails here, before any epoch, if the store is unreachable
+    tracker = Tracker(cfg.mlflow, paths.root) if main else None
     generator = seed_everything(tcfg.seed)
-    train_loader, val_loader = make_loaders(cfg, paths, runtime, generator)
+    train_loader, val_loader = make_loaders(cfg, paths, runtime, generator, group)
 
     state = TrainingState(history=[])
     if tcfg.resume and last_path.is_file():
@@ -150,7 +185,12 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = build_scheduler(optimizer, tcfg)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.grad_scaler)
+    forward = model  # what the training step calls; `model` itself is what is validated and saved
+    if group.distributed:
+        forward = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if tcfg.compile:
+        forward = torch.compile(forward)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
@@ -162,52 +202,58 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
 
     tags = {
         **git_state(paths.root), **environment_tags(), **params_changed_tag(cfg, paths.root), "architecture": arch, "data_fingerprint": manifest["fingerprint"],
-        "device": runtime.name, "data_source": cfg.data.source, "stage": "train",
+        "device": runtime.name, "data_source": cfg.data.source, "stage": "train", "processes": str(group.world_size),
+        **{f"runtime.{k}": v for k, v in runtime.describe().items() if k != "device"},
     }
     params = {**cfg.flat(TRAIN_SECTIONS), "data.source": cfg.data.source, "train.architecture": arch,
               "data.train_slices": len(train_loader.dataset), "data.val_slices": len(val_loader.dataset)}
-    state.run_id = tracker.start_run(run_name(arch), params, tags, run_id=state.run_id)
-    save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
-    write_json(model_dir / "model.json", spec.to_dict())
     history_path = paths.report_dir(arch) / "train_history.csv"
-    if state.history:  # a resumed run: what a kill left unlogged after last.pt was written
-        _log_missing_epochs(tracker, state)
-        write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+    if main:
+        state.run_id = tracker.start_run(run_name(arch), params, tags, run_id=state.run_id)
+        save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
+        write_json(model_dir / "model.json", spec.to_dict())
+        if state.history:  # a resumed run: what a kill left unlogged after last.pt was written
+            _log_missing_epochs(tracker, state)
+            write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
 
     status = "FAILED"
     try:
         while state.epoch < tcfg.epochs:
             epoch = state.epoch + 1
-            row = _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg, epoch)
+            row = _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg,
+                             epoch, group)
             _check_finite_epoch(model, row, epoch, tcfg)
             state.history.append(row)
-            improved = state.record(epoch, row["val_dice_patient"])
-            if improved:
+            improved = state.record(epoch, row["val_dice_patient"])  # the same on every rank: val is gathered
+            if improved and main:
                 save_checkpoint(best_path, model, spec, preprocess=preprocess, epoch=epoch,
                                 val_dice_patient=row["val_dice_patient"])
             if scheduler is not None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
             state.epoch = epoch
-            save_checkpoint(
-                last_path, model, spec, preprocess=preprocess, state=state.__dict__, optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
-                augmentation_rng=_augmentation_rng(train_loader.dataset.transform),
-            )
-            # logged after last.pt holds the epoch: a kill in between is caught up on resume, so each
-            # epoch reaches MLflow exactly once
-            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
-            print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
+            if main:
+                save_checkpoint(
+                    last_path, model, spec, preprocess=preprocess, state=state.__dict__,
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
+                    torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
+                    augmentation_rng=_augmentation_rng(train_loader.dataset.transform),
+                )
+                # logged after last.pt holds the epoch: a kill in between is caught up on resume, so each
+                # epoch reaches MLflow exactly once
+                tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+                print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
             if state.should_stop(tcfg.early_stopping_patience):
-                print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
-                      f"{tcfg.early_stopping_patience})", flush=True)
+                if main:
+                    print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
+                          f"{tcfg.early_stopping_patience})", flush=True)
                 break
         status = "FINISHED"
     except TrainingDiverged as exc:
         kept = (f"best.pt and last.pt keep the last finite state (epoch {state.epoch})" if state.epoch
                 else "nothing was saved")
-        tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
+        if main:
+            tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
         raise TrainingDiverged(f"{arch}: {exc}; {kept}") from None
     except KeyboardInterrupt:
         status = "KILLED"
@@ -215,50 +261,66 @@ def train_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
         raise TrainingInterrupted(f"{arch}: interrupted in epoch {state.epoch + 1} ({done}); "
                                   "resume with train.resume=true") from None
     finally:
-        tracker.end_run(state.run_id, status=status)
+        if main:
+            tracker.end_run(state.run_id, status=status)
 
     summary = {
         "architecture": arch, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "val_dice_patient": state.best_dice, "val_dice_slice": state.history[state.best_epoch - 1]["val_dice_slice"],
         "device": runtime.name, "run_id": state.run_id, "data_fingerprint": manifest["fingerprint"],
+        "processes": group.world_size, **{k: v for k, v in runtime.describe().items() if k != "device"},
     }
-    tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
-    write_json(model_dir / "train_summary.json", summary)
+    if main:
+        tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
+        write_json(model_dir / "train_summary.json", summary)
     return summary
 
 
-def _run_epoch(model, train_loader, val_loader, loss_fn, optimizer, scaler, runtime: Runtime, cfg: TrainConfig, epoch: int) -> dict:
+def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, scaler, runtime: Runtime,
+               cfg: TrainConfig, epoch: int, group: Group = distributed.SINGLE) -> dict:
+    """One epoch: train through `forward` (the model, or its DDP / compiled wrapper), then validate `model`.
+    The running loss stays on the device; the host reads it every LOSS_CHECK_EVERY batches only."""
     started = time.perf_counter()
     model.train()
-    total_loss, seen = 0.0, 0
-    bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
+    if isinstance(train_loader.sampler, DistributedSampler):
+        train_loader.sampler.set_epoch(epoch)
+    running, seen = torch.zeros((), dtype=torch.float64, device=runtime.device), 0
+    bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if group.is_main else True,
+               file=sys.stderr)
     for batch_index, batch in enumerate(bar, start=1):
         images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
-            logits = model(images)
+            logits = forward(images)
         loss = loss_fn(logits.float(), masks)
-        value = loss.item()  # one host sync per batch: the running loss needs it anyway
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"training diverged in epoch {epoch}, batch {batch_index}: the train loss is "
-                                   f"{value}; lower train.lr (now {cfg.lr:g}), e.g. --set train.lr={cfg.lr / 10:g}")
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += value * len(images)
+        running += loss.detach() * len(images)
         seen += len(images)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if batch_index % LOSS_CHECK_EVERY == 0 or batch_index == len(train_loader):
+            _check_running_loss(running.item() / seen, epoch, batch_index, cfg)
+            bar.set_postfix(loss=f"{running.item() / seen:.4f}")
     train_seconds = time.perf_counter() - started
-    val = validate(model, val_loader, loss_fn, runtime, cfg.threshold)
+    total_loss, seen_all = distributed.all_sum([running.item(), seen], group, runtime.device)
+    val = validate(model, val_loader, loss_fn, runtime, cfg.threshold, group)
     return {
-        "epoch": epoch, "train_loss": total_loss / max(seen, 1), **val,
+        "epoch": epoch, "train_loss": total_loss / max(seen_all, 1), **val,
         "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
-        "train_images_per_second": seen / max(train_seconds, 1e-9),
+        "train_images_per_second": seen_all / max(train_seconds, 1e-9),
     }
 
 
-def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: float) -> dict:
-    """Val loss, mean per-slice Dice and mean per-patient (3-D volume) Dice."""
+def _check_running_loss(value: float, epoch: int, batch_index: int, cfg: TrainConfig) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training diverged in epoch {epoch} by batch {batch_index}: the train loss is "
+                               f"{value}; lower train.lr (now {cfg.lr:g}), e.g. --set train.lr={cfg.lr / 10:g}")
+
+
+def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: float,
+             group: Group = distributed.SINGLE) -> dict:
+    """Val loss, mean per-slice Dice and mean per-patient (3-D volume) Dice. Under DDP each rank scores
+    its shard and the per-slice counts of all ranks are gathered: the same numbers as one process."""
     counts = SliceCountAccumulator()
     total_loss, seen = 0.0, 0
     for logits, probs, batch in predict_batches(model, loader, runtime):
@@ -269,7 +331,11 @@ def validate(model, loader: DataLoader, loss_fn, runtime: Runtime, threshold: fl
         total_loss += loss_fn(logits, batch["mask"]).item() * len(logits)
         seen += len(logits)
         counts.add((probs > threshold).long(), batch["mask"].long(), batch["patient_id"], batch["slice"].tolist())
-    summary = segmentation_summary(counts.table())
+    table = counts.table()
+    if group.distributed:
+        table = pd.concat(distributed.all_gather(table, group)).sort_values(["patient_id", "slice"], ignore_index=True)
+        total_loss, seen = distributed.all_sum([total_loss, seen], group, runtime.device)
+    summary = segmentation_summary(table)
     return {"val_loss": total_loss / max(seen, 1), "val_dice_slice": summary["dice_slice_mean"],
             "val_dice_patient": summary["dice_patient_mean"]}
 
