@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo predict-demo exps test repro push pull mlflow-ui
+.PHONY: install demo predict-demo exps test bench repro push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ exps: install  # `dvc exp show` at terminal width: per-patient Dice per architec
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Speed of every costly step beside a naive baseline (CPU here, the same command on a CUDA machine):
+# benchmarks/results/<host-kind>-<device>.{json,md} and BENCHMARKS.md. BENCH_ARGS=--tiny: seconds.
+BENCH_ARGS ?=
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 repro: install
 	dvc repro

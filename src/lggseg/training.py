@@ -289,14 +289,7 @@ def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, sca
                file=sys.stderr)
     for batch_index, batch in enumerate(bar, start=1):
         images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
-        optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast():
-            logits = forward(images)
-        loss = loss_fn(logits.float(), masks)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        running += loss.detach() * len(images)
+        running += train_step(forward, images, masks, loss_fn, optimizer, scaler, runtime) * len(images)
         seen += len(images)
         if batch_index % LOSS_CHECK_EVERY == 0 or batch_index == len(train_loader):
             _check_running_loss(running.item() / seen, epoch, batch_index, cfg)
@@ -309,6 +302,19 @@ def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, sca
         "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
         "train_images_per_second": seen_all / max(train_seconds, 1e-9),
     }
+
+
+def train_step(forward, images: torch.Tensor, masks: torch.Tensor, loss_fn, optimizer, scaler, runtime: Runtime) -> torch.Tensor:
+    """One optimisation step on a batch already on the device; returns the loss, detached, on the device
+    (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    with runtime.autocast():
+        logits = forward(images)
+    loss = loss_fn(logits.float(), masks)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def _check_running_loss(value: float, epoch: int, batch_index: int, cfg: TrainConfig) -> None:
