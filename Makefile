@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo predict-demo exps test bench repro push pull mlflow-ui
+.PHONY: install demo predict-demo exps test bench cv repro push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,14 @@ test: install
 BENCH_ARGS ?=
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Cross-validation over every patient: one DVC experiment per fold (queued, run by `dvc queue start`),
+# out-of-fold report in reports/cv/ and a parent MLflow run. CV_SETTINGS: `-S key=value` for every fold.
+CV_FOLDS ?= 5
+CV_JOBS ?= 1
+CV_SETTINGS ?=
+cv: install
+	HF_HUB_OFFLINE=1 lggseg cv --folds $(CV_FOLDS) --jobs $(CV_JOBS) $(CV_SETTINGS)
 
 repro: install
 	dvc repro

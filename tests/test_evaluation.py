@@ -7,7 +7,12 @@ import torch
 
 from lggseg import pipeline
 from lggseg.data.preprocess import load_split, to_model_input
-from lggseg.evaluation import HEADLINE_METRICS, SplitPredictions, choose_detection_rule, detection_scores
+from scipy import stats
+
+from lggseg.evaluation import (
+    HEADLINE_METRICS, INTERVAL_METRICS, SplitPredictions, choose_detection_rule, detection_scores, headline_keys,
+)
+from lggseg.uncertainty import SEED
 from lggseg.tracking import Tracker
 
 from conftest import mlflow_client
@@ -25,10 +30,22 @@ def test_all_metrics_json_holds_every_number_and_metrics_json_the_headline(train
         assert REQUIRED_METRICS <= set(metrics)
         assert all(isinstance(metrics[k], float) and 0 <= metrics[k] <= 1 for k in REQUIRED_METRICS)
         assert "lcc_dice_patient_mean" in metrics and metrics["detection_tp"] + metrics["detection_fn"] > 0
-        # the DVC metrics file: headline only, in HEADLINE_METRICS order, so `dvc exp show` stays readable
+        # the DVC metrics file: headline only, in HEADLINE_METRICS order, each with its 95% interval
         headline = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
-        assert list(headline) == list(HEADLINE_METRICS)
-        assert headline == {k: metrics[k] for k in HEADLINE_METRICS}
+        assert list(headline) == headline_keys()
+        assert [k for k in headline if "_ci_" not in k] == list(HEADLINE_METRICS)
+        assert headline == {k: metrics[k] for k in headline_keys()}
+        for key in INTERVAL_METRICS:
+            low, high = headline[f"{key}_ci_low"], headline[f"{key}_ci_high"]
+            if low is not None:  # None only where resampling cannot vary it
+                assert 0 <= low <= high <= 1, (key, low, high)
+        assert headline["dice_patient_mean_ci_low"] < headline["dice_patient_mean"] < headline["dice_patient_mean_ci_high"]
+        # the interval resamples the test patients' own Dice values, seeded
+        per_patient = pd.read_csv(paths.report_dir(arch) / "per_patient.csv")
+        expected = stats.bootstrap((per_patient["dice"].to_numpy(),), np.mean, confidence_level=0.95, n_resamples=2000,
+                                   method="BCa", rng=np.random.default_rng(SEED)).confidence_interval
+        assert (headline["dice_patient_mean_ci_low"], headline["dice_patient_mean_ci_high"]) == pytest.approx(
+            (expected.low, expected.high), abs=1e-9)
     unet = json.loads((paths.report_dir("unet") / "metrics.json").read_text())
     assert unet["dice_patient_mean"] > 0.5  # the trained U-Net segments held-out synthetic patients
 
@@ -94,6 +111,29 @@ def test_registry_holds_candidates_and_the_champion(trained_project):
     assert champion.tags["architecture"] == max(val, key=val.get)  # chosen by validation, never by test
     comparison = (paths.reports / "comparison.md").read_text()
     assert all(arch in comparison for arch in cfg.model.architectures) and "(champion)" in comparison
+
+
+def test_comparison_carries_intervals_and_says_whether_the_difference_is_real(trained_project):
+    paths, cfg = trained_project
+    comparison = (paths.reports / "comparison.md").read_text()
+    table = pd.read_csv(paths.reports / "comparison.csv")
+    for row in table.itertuples():
+        metrics = json.loads((paths.report_dir(row.architecture) / "metrics.json").read_text())
+        assert row.dice_patient_mean_ci_low == pytest.approx(metrics["dice_patient_mean_ci_low"])
+        # the markdown cell holds the value and its interval, in percent
+        cell = f"{100 * row.dice_patient_mean:.1f} [{100 * row.dice_patient_mean_ci_low:.1f}, " \
+               f"{100 * row.dice_patient_mean_ci_high:.1f}]"
+        assert cell in comparison
+    assert "_ci_low" not in comparison.split("## Is the difference real?")[0].split("\n\n")[1]  # no raw CI columns
+    champion = mlflow_client(paths).get_model_version_by_alias("lgg-segmentation", "champion").tags["architecture"]
+    other = next(a for a in cfg.model.architectures if a != champion)
+    dice = {a: pd.read_csv(paths.report_dir(a) / "per_patient.csv").set_index("patient_id")["dice"]
+            for a in (champion, other)}
+    p_value = stats.wilcoxon(dice[champion] - dice[other]).pvalue
+    verdict = next(line for line in comparison.splitlines() if line.startswith("- ") and "Wilcoxon" in line)
+    assert f"p = {p_value:.3g}" in verdict and f"{champion} - {other}" in verdict
+    if p_value >= 0.05:  # a winner needs p < 0.05 and a difference interval that excludes 0
+        assert "**No significant difference**" in verdict
 
 
 def test_registered_models_load_and_segment(trained_project):

@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     exps = sub.add_parser("exps", help="DVC experiments at terminal width: headline Dice per architecture, changed params")
     exps.add_argument("--root", default=".", help="the DVC project (default: .)")
     _add_predict(sub)
+    cv = sub.add_parser("cv", help="cross-validation over every patient: one DVC experiment per fold, queued and "
+                                   "run by `dvc queue`, out-of-fold report in reports/cv/")
+    cv.add_argument("--folds", type=int, default=5, help="patient folds (default 5)")
+    cv.add_argument("--jobs", type=int, default=1, help="folds run in parallel by `dvc queue start -j` (default 1)")
+    cv.add_argument("--name", default=None, help="experiment group name (default cv<folds>): folds are <name>-fold<i>")
+    cv.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a param for every fold, as `dvc exp run -S` takes it (repeatable)")
+    cv.add_argument("--report-only", action="store_true", help="only collect finished folds into reports/cv/")
+    cv.add_argument("--root", default=".", help="the DVC project (default: .)")
+    cv.add_argument("--params", default="params.yaml", help="params file, to check the settings first")
     synth = sub.add_parser("synth", help="write a synthetic LGG data set in the Kaggle layout")
     synth.add_argument("out", type=Path, help="output folder (kaggle_3m/ is created inside)")
     synth.add_argument("--patients", type=int, default=24)
@@ -115,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exps(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "cv":
+            return _cv(args)
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
         stage = getattr(pipeline, args.command.replace("-", "_"))
@@ -134,6 +146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lggseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from lggseg.cross_validation import run_cross_validation
+
+    result = run_cross_validation(Path(args.root).resolve(), Path(args.params), args.name or f"cv{args.folds}",
+                                  args.folds, args.jobs, args.overrides, report_only=args.report_only)
+    for row in result["summary"].to_dict("records"):
+        low, high = row["dice_patient_mean_ci_low"], row["dice_patient_mean_ci_high"]
+        interval = "" if low is None else f" (95% CI {low:.3f}-{high:.3f})"
+        print(f"{row['architecture']}: out-of-fold per-patient Dice {row['dice_patient_mean']:.4f}{interval}, "
+              f"median {row['dice_patient_median']:.4f}, {row['n_patients']} patients")
+    for paired in result["paired"]:
+        print(paired["verdict"].replace("**", ""))
+    print(f"report: {result['out_dir'] / 'summary.md'}; MLflow parent run {result['run_id']}")
     return 0
 
 

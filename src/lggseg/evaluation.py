@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from lggseg import reports
@@ -28,12 +29,13 @@ from lggseg.devices import Runtime, inference_runtime
 from lggseg.inference import InferenceSettings, predict_batches, prepare_for_inference
 from lggseg.metrics import (
     SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
-    roc_points, segmentation_summary,
+    roc_points, segmentation_summary, slice_dice,
 )
 from lggseg.models import load_checkpoint
 from lggseg.paths import Paths
 from lggseg.tracking import Tracker, TrackingError, git_state, read_run_pointer
 from lggseg.training import processed_manifest
+from lggseg.uncertainty import mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ HEADLINE_METRICS = (
     "dice_patient_mean", "dice_patient_median", "dice_patient_min", "lcc_dice_patient_mean", "dice_slice_mean",
     "dice_pooled", "detection_auc", "val_dice_patient",
 )
+# each with `<key>_ci_low` / `<key>_ci_high`, its 95% bootstrap interval over patients (the minimum has none:
+# resampling cannot estimate a sample's minimum)
+INTERVAL_METRICS = tuple(k for k in HEADLINE_METRICS if k != "dice_patient_min")
 # chosen on the val split or copied from training: in all_metrics.json, but not test numbers for MLflow
 NOT_TEST_METRICS = ("val_dice_patient", "detection_threshold", "detection_min_area", "detection_rule")
 
@@ -163,10 +168,11 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     metrics["detection_min_area"] = min_area
     metrics["detection_rule"] = rule
     metrics["val_dice_patient"] = train_summary["val_dice_patient"]
+    intervals = headline_intervals(test, per_patient, test_scores, val)
     largest_component, postprocess_rule = choose_postprocess(val, cfg)
     metrics["postprocess_largest_component"] = largest_component
     metrics["postprocess_rule"] = postprocess_rule
-    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+    metrics = {k: _finite_or_none(v) for k, v in with_intervals(metrics, intervals).items()}
     settings = InferenceSettings(
         spec=checkpoint["spec"], preprocess=_evaluated_preprocess(paths, checkpoint, model_dir / "best.pt"),
         threshold=cfg.evaluate.threshold,
@@ -175,7 +181,7 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
 
     write_json(report_dir / "inference.json", settings.to_dict())
     write_json(report_dir / "all_metrics.json", metrics)
-    write_json(report_dir / "metrics.json", {k: metrics[k] for k in HEADLINE_METRICS if k in metrics})
+    write_json(report_dir / "metrics.json", {k: metrics[k] for k in headline_keys() if k in metrics})
     write_csv(report_dir / "per_patient.csv", per_patient)
     roc = roc_points(test_scores, test_labels) if test_labels.min() != test_labels.max() else pd.DataFrame(columns=["fpr", "tpr", "threshold"])
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
@@ -186,6 +192,43 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     else:
         _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary)
     return metrics
+
+
+def headline_keys() -> list[str]:
+    """metrics.json's keys: each headline number, then its 95% interval where it has one."""
+    return [key for k in HEADLINE_METRICS for key in (k, *((f"{k}_ci_low", f"{k}_ci_high") if k in INTERVAL_METRICS else ()))]
+
+
+def headline_intervals(test: SplitPredictions, per_patient: pd.DataFrame, scores: np.ndarray,
+                       val: SplitPredictions) -> dict[str, tuple[float, float] | None]:
+    """95% bootstrap intervals over patients (lggseg.uncertainty) of every headline number but the minimum.
+    val_dice_patient's interval resamples the val patients as evaluation predicts them (the point value is
+    training's, from the same weights; the two agree to the precision's tolerance)."""
+    intervals = {"dice_patient_mean": mean_interval(per_patient["dice"]),
+                 "dice_patient_median": median_interval(per_patient["dice"])}
+    if "dice_lcc" in per_patient:
+        intervals["lcc_dice_patient_mean"] = mean_interval(per_patient["dice_lcc"])
+    counts = count_table(test.truth, test.pred, test.table)
+    order = per_patient["patient_id"].astype(str).tolist()  # patient_table's order: sorted ids
+    by_patient = counts.assign(slice_dice=slice_dice(counts)).groupby("patient_id").agg(
+        slice_dice=("slice_dice", "sum"), slices=("tp", "size"), tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum")
+    ).loc[order]
+    sums = {c: by_patient[c].to_numpy(dtype=float) for c in by_patient.columns}
+    n = len(order)
+    intervals["dice_slice_mean"] = patient_interval(lambda i: sums["slice_dice"][i].sum() / sums["slices"][i].sum(), n)
+    intervals["dice_pooled"] = patient_interval(
+        lambda i: 2 * sums["tp"][i].sum() / max(2 * sums["tp"][i].sum() + sums["fp"][i].sum() + sums["fn"][i].sum(), 1), n)
+    labels, patient_of_slice = test.has_tumor, test.table["patient_id"].astype(str).to_numpy()
+    rows_of = [np.flatnonzero(patient_of_slice == p) for p in order]
+
+    def auc(i: np.ndarray) -> float:
+        rows = np.concatenate([rows_of[k] for k in i])
+        return float(roc_auc_score(labels[rows], scores[rows])) if labels[rows].min() != labels[rows].max() else math.nan
+
+    intervals["detection_auc"] = patient_interval(auc, n) if labels.min() != labels.max() else None
+    val_dice = patient_table(count_table(val.truth, val.pred, val.table))["dice"]
+    intervals["val_dice_patient"] = mean_interval(val_dice)
+    return intervals
 
 
 def _evaluated_preprocess(paths: Paths, checkpoint: dict, checkpoint_path: Path) -> dict:
@@ -269,7 +312,7 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
 def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
                    settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict) -> None:
     report_dir = paths.report_dir(arch)
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and k not in NOT_TEST_METRICS},
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not k.startswith(NOT_TEST_METRICS)},
                         prefix="test_")
     # the detection rule was chosen on val; the val Dice is training's (best_val_dice_patient)
     tracker.log_metrics(run_id, {"val_detection_threshold": metrics["detection_threshold"],
@@ -307,11 +350,13 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
         metrics = json.loads(metrics_path.read_text())
-        rows.append({"architecture": arch, **{k: metrics[k] for k in reports.COMPARISON_METRICS if k in metrics}})
+        shown = [key for k in reports.COMPARISON_METRICS for key in (k, f"{k}_ci_low", f"{k}_ci_high")]
+        rows.append({"architecture": arch, **{k: metrics[k] for k in shown if k in metrics}})
         records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
     table = reports.comparison_table(rows)
     champion = choose_champion(table)
-    written = reports.write_comparison(table, paths.reports, champion=champion)
+    paired = paired_comparisons(paths, champion, list(cfg.model.architectures))
+    written = reports.write_comparison(table, paths.reports, champion=champion, paired=paired)
     record = records[champion]
     if cfg.mlflow.register and record.get("registered"):
         tracker = Tracker(cfg.mlflow, paths.root)
@@ -322,6 +367,15 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
         })
         print(f"registered {CHAMPION_MODEL} version {version} (@champion) = {champion}")
     return {"table": table, "champion": champion, "markdown": written["markdown"]}
+
+
+def paired_comparisons(paths: Paths, champion: str, architectures: list[str]) -> list[dict]:
+    """The champion against each other architecture on the same test patients (lggseg.uncertainty)."""
+    dice = {}
+    for arch in architectures:
+        table = pd.read_csv(paths.report_dir(arch) / "per_patient.csv", dtype={"patient_id": str})
+        dice[arch] = table.set_index("patient_id")["dice"]
+    return [paired_comparison(dice[champion], dice[other], champion, other) for other in architectures if other != champion]
 
 
 def check_champion(cfg: Config, paths: Paths) -> dict:

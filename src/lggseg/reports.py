@@ -293,6 +293,43 @@ def plot_dice_per_patient(
     return _save_figure(figure, out_path)
 
 
+def plot_cross_validation(oof: pd.DataFrame, summary: pd.DataFrame, out_path: Path, *, title: str) -> Path:
+    """Out-of-fold per-patient Dice per architecture: a box, every patient as a dot (coloured by fold), the
+    mean with its 95% interval, and the range Buda et al. 2019 report."""
+    _require_columns(oof, ["architecture", "dice", "fold"], "out-of-fold table")
+    architectures = summary["architecture"].astype(str).tolist()
+    figure = _new_figure(max(7.5, 2.2 * len(architectures) + 4.5), 5.2)
+    ax = figure.subplots()
+    low, high = BUDA_2019_DICE_RANGE
+    ax.axhspan(low, high, color="0.86", zorder=0, label=f"Buda et al. 2019, U-Net (mean {100 * low:.0f}-{100 * high:.0f}%)")
+    folds = sorted(oof["fold"].unique())
+    palette = dict(zip(folds, _categorical_colors(len(folds)), strict=True))
+    jitter = np.random.default_rng(0)
+    for position, arch in enumerate(architectures):
+        table = oof[oof["architecture"] == arch]
+        ax.boxplot(table["dice"].to_numpy(dtype=float), positions=[position], widths=0.5, showfliers=False,
+                   medianprops={"color": "black"}, zorder=2)
+        x = position + jitter.uniform(-0.18, 0.18, len(table))
+        ax.scatter(x, table["dice"], s=14, c=[palette[f] for f in table["fold"]], alpha=0.8, zorder=3, linewidths=0)
+        row = summary[summary["architecture"] == arch].iloc[0]
+        if row["dice_patient_mean_ci_low"] is not None and not pd.isna(row["dice_patient_mean_ci_low"]):
+            ax.errorbar(position + 0.33, row["dice_patient_mean"], capsize=4, color="#d62728", fmt="D", markersize=5,
+                        yerr=[[row["dice_patient_mean"] - row["dice_patient_mean_ci_low"]],
+                              [row["dice_patient_mean_ci_high"] - row["dice_patient_mean"]]], zorder=4)
+    ax.errorbar([], [], yerr=[], fmt="D", color="#d62728", capsize=4, label="mean, 95% bootstrap interval")
+    for fold in folds:
+        ax.scatter([], [], s=14, color=palette[fold], label=f"fold {fold} patients")
+    ax.set_xticks(range(len(architectures)), [f"{a}\n({int(n)} patients)" for a, n in
+                                               zip(architectures, summary["n_patients"])])
+    ax.set_xlim(-0.6, len(architectures) - 0.4)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("per-patient Dice (out of fold)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save_figure(figure, out_path)
+
+
 def _categorical_colors(count: int) -> list:
     cmap = colormaps["tab10"] if count <= 10 else colormaps["tab20"]
     return [cmap(index % cmap.N) for index in range(count)]
@@ -429,9 +466,17 @@ def _column_header(column: str) -> str:
 
 
 def _markdown_table(table: pd.DataFrame, champion: str | None) -> str:
+    """One column per metric; a metric with `<key>_ci_low` / `<key>_ci_high` columns shows its 95% interval
+    in its own cell, `68.7 [58.0, 78.1]`."""
+    with_interval = [c for c in table.columns if {f"{c}_ci_low", f"{c}_ci_high"} <= set(table.columns)]
+    hidden = {f"{c}_ci_{end}" for c in with_interval for end in ("low", "high")}
+    full, table = table, table[[c for c in table.columns if c not in hidden]]
     cells = pd.DataFrame(
         {column: [_format_cell(column, value) for value in table[column].tolist()] for column in table.columns}
     )
+    for column in with_interval:
+        low, high = ([_format_cell(column, v) for v in full[f"{column}_ci_{end}"].tolist()] for end in ("low", "high"))
+        cells[column] = [v if lo == "n/a" else f"{v} [{lo}, {hi}]" for v, lo, hi in zip(cells[column], low, high)]
     cells["architecture"] = [
         f"**{name}** (champion)" if champion is not None and name == champion else str(name)
         for name in table["architecture"]
@@ -451,7 +496,7 @@ def _column_glossary(table: pd.DataFrame) -> list[str]:
     return [f"- `{column}`: {METRIC_LABELS[column]}" for column in table.columns if column in METRIC_LABELS]
 
 
-def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: str) -> str:
+def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: str, paired: Sequence[dict] = ()) -> str:
     if champion is None:
         champion_sentence = "No champion was selected."
     else:
@@ -466,6 +511,12 @@ def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: 
         f"{champion_sentence} The champion is chosen by per-patient Dice on the VALIDATION set "
         "(`val_dice_patient`), never by test metrics; the test columns are reported for information only.",
         "",
+        "Brackets: 95% bootstrap confidence intervals over patients (BCa, 2000 resamples of whole patients, "
+        "seeded; `<metric>_ci_low` / `_ci_high` in `comparison.csv`). With few test patients they are wide: "
+        "a difference inside them is not a finding.",
+        "",
+        *(["## Is the difference real? (the same test patients, paired)", "",
+           *[f"- {p['verdict']}" for p in paired], ""] if paired else []),
         "Headline metric: per-patient 3-D volume Dice (`dice_patient_mean`): Dice over all slices of a patient, "
         "averaged over patients, as in Buda et al. 2019 (Computers in Biology and Medicine 109:218-225), "
         "who report 82-84% mean with U-Net; two expert human readers agree at 84 ± 2%.",
@@ -557,7 +608,8 @@ def _comparison_chart(table: pd.DataFrame, champion: str | None) -> bytes:
     return _render_png(comparison_chart_figure(table, champion))
 
 
-def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None) -> dict[str, Path]:
+def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None,
+                     paired: Sequence[dict] = ()) -> dict[str, Path]:
     """Write comparison.md, comparison.csv and comparison.png into ``out_dir``; returns their paths.
 
     Everything is rendered before anything is written, so a bad table leaves the previous files untouched.
@@ -570,7 +622,7 @@ def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None
     out_dir = Path(out_dir)
     chart_path = out_dir / "comparison.png"
     chart_png = _comparison_chart(table, champion)
-    markdown = _comparison_markdown(table, champion, chart_path.name)
+    markdown = _comparison_markdown(table, champion, chart_path.name, paired)
     csv_text = table.to_csv(index=False)
     return {
         "csv": write_bytes(out_dir / "comparison.csv", csv_text.encode("utf-8")),

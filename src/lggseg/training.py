@@ -32,7 +32,7 @@ from lggseg.tracking import Tracker, environment_tags, git_state, params_changed
 
 log = logging.getLogger(__name__)
 
-TRAIN_SECTIONS = ("preprocess", "augment", "model", "train")
+TRAIN_SECTIONS = ("split", "preprocess", "augment", "model", "train")  # what a run depends on (split: which patients)
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
     "train_images_per_second",
