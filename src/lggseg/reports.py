@@ -313,10 +313,10 @@ def plot_cross_validation(oof: pd.DataFrame, summary: pd.DataFrame, out_path: Pa
         ax.scatter(x, table["dice"], s=14, c=[palette[f] for f in table["fold"]], alpha=0.8, zorder=3, linewidths=0)
         row = summary[summary["architecture"] == arch].iloc[0]
         if row["dice_patient_mean_ci_low"] is not None and not pd.isna(row["dice_patient_mean_ci_low"]):
-            ax.errorbar(position + 0.33, row["dice_patient_mean"], capsize=4, color="#d62728", fmt="D", markersize=5,
+            ax.errorbar(position + 0.33, row["dice_patient_mean"], capsize=4, color="black", fmt="D", markersize=5,
                         yerr=[[row["dice_patient_mean"] - row["dice_patient_mean_ci_low"]],
                               [row["dice_patient_mean_ci_high"] - row["dice_patient_mean"]]], zorder=4)
-    ax.errorbar([], [], yerr=[], fmt="D", color="#d62728", capsize=4, label="mean, 95% bootstrap interval")
+    ax.errorbar([], [], yerr=[], fmt="D", color="black", capsize=4, label="mean, 95% bootstrap interval")
     for fold in folds:
         ax.scatter([], [], s=14, color=palette[fold], label=f"fold {fold} patients")
     ax.set_xticks(range(len(architectures)), [f"{a}\n({int(n)} patients)" for a, n in
