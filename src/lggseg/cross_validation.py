@@ -73,7 +73,7 @@ def run_queue(root: Path, names: Sequence[str], jobs: int, poll: float = 5.0) ->
             break
         if workers or "Running" in mine.values():
             idle_since = time.monotonic()
-        elif time.monotonic() - idle_since > 60:
+        elif time.monotonic() - idle_since > 180:  # queued, yet no worker and nothing running for 3 minutes
             raise CrossValidationError(f"folds {', '.join(n for n in names if mine.get(n) == 'Queued')} are queued but "
                                        "no `dvc queue` worker runs them; see .dvc/tmp/exps/celery/*.out, then "
                                        "`dvc queue start` and `lggseg cv --report-only` when they are done")

@@ -85,7 +85,7 @@ def start(device: torch.device) -> Group:
         if device.type == "cuda":
             torch.cuda.set_device(group.local_rank)
         dist.init_process_group(backend=backend)
-    if device.type == "cpu":  # torchrun sets OMP_NUM_THREADS=1; share the cores instead
+    if device.type == "cpu":  # share the cores (torchrun by hand sets OMP_NUM_THREADS=1)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.world_size))
     return group
 
@@ -111,11 +111,6 @@ def all_gather(value: Any, group: Group) -> list[Any]:
     gathered: list[Any] = [None] * group.world_size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def barrier(group: Group) -> None:
-    if group.distributed:
-        dist.barrier()
 
 
 class ShardSampler(Sampler[int]):
