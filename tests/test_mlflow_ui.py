@@ -121,7 +121,12 @@ def test_runs_comparison_and_registry(mlflow_ui, page, screenshot):
     page.get_by_role("button", name="Columns", exact=True).click()
     for column in ("test_dice_patient_mean", "params_changed"):
         page.get_by_placeholder("Search columns").fill(column)
-        page.get_by_test_id("column-selector-tree").get_by_text(column, exact=True).click()
+        # the search highlights the name inside longer ones too (test_dice_patient_mean_ci_low): the item
+        # whose whole label is the column
+        matches = page.get_by_test_id("column-selector-tree").get_by_text(column, exact=True)
+        expect(matches.first).to_be_visible(timeout=TIMEOUT_MS)
+        (item,) = [m for m in matches.all() if m.locator("xpath=..").inner_text().strip() == column]
+        item.click()
     page.keyboard.press("Escape")
     dice = page.locator('.ag-cell[col-id="metrics.`test_dice_patient_mean`"]')
     expect(dice).to_have_count(len(RUNS), timeout=TIMEOUT_MS)
