@@ -14,9 +14,6 @@ from the main pipeline's train/val/test split.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ import pandas as pd
 
 from lggseg.atomic import staged_dir
 from lggseg.config import Config
-from lggseg.experiments import dvc_experiments
+from lggseg.experiments import dvc_experiments, run_dvc
 from lggseg.uncertainty import mean_interval, median_interval, paired_comparison
 
 FOLD_SETTINGS = ("mlflow.register=false",)  # CV measures; the registry's champion is the main pipeline's
@@ -40,31 +37,19 @@ def fold_names(group: str, folds: int) -> list[str]:
     return [f"{group}-fold{i}" for i in range(folds)]
 
 
-def _dvc(args: Sequence[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """`dvc <args>` from this Python's environment; the queue's workers and the stages' `python` too (PATH)."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    dvc = bin_dir / "dvc"
-    result = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True, text=True,
-                            env=env)
-    if check and result.returncode != 0:
-        raise CrossValidationError(f"dvc {' '.join(args)} failed in {root}: {(result.stderr or result.stdout).strip()[-800:]}")
-    return result
-
-
 def queue_folds(root: Path, group: str, folds: int, settings: Sequence[str] = ()) -> list[str]:
     """Queue one experiment per fold; a fold experiment of the same name is replaced."""
     names = fold_names(group, folds)
     for i, name in enumerate(names):
-        _dvc(["exp", "remove", name], root, check=False)  # a rerun replaces the group's folds
+        run_dvc(["exp", "remove", name], root, check=False)  # a rerun replaces the group's folds
         overrides = [f"split.folds={folds}", f"split.fold={i}", *FOLD_SETTINGS, *settings]
-        _dvc(["exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)]], root)
+        run_dvc(["exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)]], root)
     return names
 
 
 def run_queue(root: Path, names: Sequence[str], jobs: int, poll: float = 5.0) -> None:
     """`dvc queue start -j jobs`, then wait until none of `names` is queued or running."""
-    _dvc(["queue", "start", "-j", str(jobs)], root)
+    run_dvc(["queue", "start", "-j", str(jobs)], root)
     idle_since = time.monotonic()
     while True:
         status, workers = queue_status(root)
@@ -87,7 +72,7 @@ def run_queue(root: Path, names: Sequence[str], jobs: int, poll: float = 5.0) ->
 def queue_status(root: Path) -> tuple[dict[str, str], int]:
     """({experiment name: Queued | Running | Success | Failed}, active workers) from `dvc queue status`."""
     status, workers = {}, 0
-    for line in _dvc(["queue", "status"], root).stdout.splitlines():
+    for line in run_dvc(["queue", "status"], root).stdout.splitlines():
         parts = line.split()
         if len(parts) >= 4 and parts[-1] in ("Queued", "Running", "Success", "Failed"):
             status[parts[1]] = parts[-1]

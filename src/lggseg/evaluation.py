@@ -160,7 +160,8 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     train_patients = pd.read_csv(paths.processed_split("train") / "slices.csv", usecols=["patient_id"])["patient_id"]
     check_no_leak({"train": train_patients, "val": val.table["patient_id"], "test": test.table["patient_id"]})
 
-    per_patient, metrics = _segmentation_metrics(test, cfg)
+    counts = count_table(test.truth, test.pred, test.table)  # per test slice, for the metrics and their intervals
+    per_patient, metrics = _segmentation_metrics(test, counts, cfg)
     min_area, threshold, rule = choose_detection_rule(val, cfg.evaluate.threshold)
     test_labels = test.has_tumor
     test_scores = detection_scores(test, min_area)
@@ -168,7 +169,7 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     metrics["detection_min_area"] = min_area
     metrics["detection_rule"] = rule
     metrics["val_dice_patient"] = train_summary["val_dice_patient"]
-    intervals = headline_intervals(test, per_patient, test_scores, val)
+    intervals = headline_intervals(test, counts, per_patient, test_scores, val)
     largest_component, postprocess_rule = choose_postprocess(val, cfg)
     metrics["postprocess_largest_component"] = largest_component
     metrics["postprocess_rule"] = postprocess_rule
@@ -199,7 +200,7 @@ def headline_keys() -> list[str]:
     return [key for k in HEADLINE_METRICS for key in (k, *((f"{k}_ci_low", f"{k}_ci_high") if k in INTERVAL_METRICS else ()))]
 
 
-def headline_intervals(test: SplitPredictions, per_patient: pd.DataFrame, scores: np.ndarray,
+def headline_intervals(test: SplitPredictions, counts: pd.DataFrame, per_patient: pd.DataFrame, scores: np.ndarray,
                        val: SplitPredictions) -> dict[str, tuple[float, float] | None]:
     """95% bootstrap intervals over patients (lggseg.uncertainty) of every headline number but the minimum.
     val_dice_patient's interval resamples the val patients as evaluation predicts them (the point value is
@@ -208,7 +209,6 @@ def headline_intervals(test: SplitPredictions, per_patient: pd.DataFrame, scores
                  "dice_patient_median": median_interval(per_patient["dice"])}
     if "dice_lcc" in per_patient:
         intervals["lcc_dice_patient_mean"] = mean_interval(per_patient["dice_lcc"])
-    counts = count_table(test.truth, test.pred, test.table)
     order = per_patient["patient_id"].astype(str).tolist()  # patient_table's order: sorted ids
     by_patient = counts.assign(slice_dice=slice_dice(counts)).groupby("patient_id").agg(
         slice_dice=("slice_dice", "sum"), slices=("tp", "size"), tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum")
@@ -258,8 +258,7 @@ def _training_run(cfg: Config, paths: Paths, arch: str) -> tuple[Tracker | None,
     return tracker, run_id
 
 
-def _segmentation_metrics(test: SplitPredictions, cfg: Config) -> tuple[pd.DataFrame, dict]:
-    counts = count_table(test.truth, test.pred, test.table)
+def _segmentation_metrics(test: SplitPredictions, counts: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, dict]:
     metrics = segmentation_summary(counts)
     per_patient = patient_table(counts)
     if cfg.evaluate.largest_component:

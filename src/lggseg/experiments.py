@@ -8,12 +8,13 @@ and the params in which each experiment differs from its baseline commit.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -25,15 +26,22 @@ HEADLINE = {"dice_patient_mean": "test", "val_dice_patient": "val"}  # metric ke
 ARCH_METRICS = re.compile(r"^reports/arch/(?P<arch>[^/]+)/metrics\.json$")
 
 
+def run_dvc(args: Sequence[str], root: Path, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`dvc <args>` in `root` with the dvc installed beside this Python (the project's venv), else the one on
+    PATH; that bin folder leads PATH, so `dvc queue` workers and the stages' `python` are the venv's too.
+    check: RuntimeError with DVC's message when it fails."""
+    bin_dir = Path(sys.executable).parent
+    dvc = shutil.which("dvc", path=str(bin_dir)) or "dvc"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {(result.stderr or result.stdout).strip()[-800:]}")
+    return result
+
+
 def dvc_experiments(root: Path) -> list[dict]:
     """`dvc exp show --json` in `root` (RuntimeError with DVC's message when it fails)."""
-    # the dvc installed beside this Python (the project's venv), else the one on PATH
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-    result = subprocess.run([dvc, "exp", "show", "--json", "--no-fetch"], cwd=root, capture_output=True, text=True,
-                            timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc exp show failed in {root}: {result.stderr.strip()[-500:]}")
-    return json.loads(result.stdout)
+    return json.loads(run_dvc(["exp", "show", "--json", "--no-fetch"], root, timeout=300).stdout)
 
 
 def experiments_table(exps: list[dict]) -> pd.DataFrame:
