@@ -20,6 +20,8 @@ from lggseg.cli import main
 from lggseg.data.preprocess import prepare_mask
 from lggseg.evaluation import count_table
 from lggseg.metrics import segmentation_summary, slice_dice
+from lggseg.devices import resolve_runtime
+from lggseg.inference import predict_probabilities
 from lggseg.models import ModelSpec, create_model
 from lggseg.paths import Paths
 
@@ -50,6 +52,15 @@ def truth_and_prediction(patient: Path, predicted: Path) -> tuple[np.ndarray, np
     pred = np.stack([tifffile.imread(predicted / f"{patient.name}_{n}_mask.tif") > 0 for n in numbers])
     table = pd.DataFrame({"patient_id": patient.name, "slice": numbers})
     return truth.astype(np.uint8), pred.astype(np.uint8), table
+
+
+def dice_at_model_size(patient: Path, predicted: Path, size: int) -> float:
+    """The per-patient Dice of the written masks brought back to the model's size. Evaluation scored
+    these very masks at that size (the written ones are them, enlarged by nearest neighbour), so this
+    is evaluation's Dice exactly."""
+    truth, pred, table = truth_and_prediction(patient, predicted)
+    small = lambda masks: np.stack([prepare_mask(m, size) for m in masks])  # noqa: E731
+    return segmentation_summary(count_table(small(truth), small(pred), table))["dice_patient_mean"]
 
 
 def check_report_matches_metric_code(patient: Path, predicted: Path) -> dict:
@@ -313,12 +324,8 @@ def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_projec
         report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
         assert report["model"]["channels"] == "flair" and report["model"]["size"] == 64
         assert report["patient"]["dice"] > 0.5
-        # evaluation scored these very masks at the model's 64x64 (the written 256x256 masks are them,
-        # enlarged by nearest neighbour): brought back to 64x64 they give evaluation's Dice exactly
-        truth, pred, table = truth_and_prediction(patient, tmp_path / "out" / patient.name)
-        small = lambda masks: np.stack([prepare_mask(m, 64) for m in masks])  # noqa: E731
-        dice = segmentation_summary(count_table(small(truth), small(pred), table))["dice_patient_mean"]
-        assert dice == pytest.approx(evaluated[patient.name], abs=1e-9)
+        assert dice_at_model_size(patient, tmp_path / "out" / patient.name, 64) == pytest.approx(
+            evaluated[patient.name], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -352,3 +359,35 @@ def test_a_patients_prediction_is_the_one_evaluation_scored(full_size_project, t
     for patient in patients:
         report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
         assert report["patient"]["dice"] == pytest.approx(evaluated[patient.name], abs=1e-9)
+
+
+def test_mirror_averaging_makes_the_prediction_mirror_symmetric():
+    """evaluate.tta: a mirrored slice gets the mirrored prediction, which a plain network does not give."""
+    torch.manual_seed(0)
+    network = create_model(ModelSpec(arch="unet", encoder="resnet18", encoder_weights=None, in_channels=3)).eval()
+    runtime = resolve_runtime("cpu", "fp32")
+    slices = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(slices[:, :, ::-1])
+    plain, plain_mirrored = (predict_probabilities(network, s, runtime, 2) for s in (slices, mirrored))
+    tta, tta_mirrored = (predict_probabilities(network, s, runtime, 2, tta=True) for s in (slices, mirrored))
+    assert np.abs(plain_mirrored[:, :, ::-1] - plain).max() > 1e-3
+    np.testing.assert_allclose(tta_mirrored[:, :, ::-1], tta, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def tta_project(tmp_path_factory) -> Paths:
+    """A U-Net evaluated with mirror averaging (evaluate.tta)."""
+    return evaluated_unet(tmp_path_factory.mktemp("tta"), "evaluate.tta=true", "train.epochs=4",
+                          "mlflow.experiment=lggseg-predict-tta")
+
+
+@pytest.mark.slow
+def test_predict_averages_mirrors_when_evaluation_did(tta_project, tmp_path, capsys):
+    assert json.loads((tta_project.report_dir("unet") / "inference.json").read_text())["tta"] is True
+    patients, evaluated = predict_test_split(tta_project, tmp_path / "out", capsys)
+    for patient in patients:
+        report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
+        assert report["model"]["tta"] is True
+        assert dice_at_model_size(patient, tmp_path / "out" / patient.name, 64) == pytest.approx(
+            evaluated[patient.name], abs=1e-9)

@@ -141,7 +141,8 @@ class TrainConfig:
     lr: Annotated[float, Range(gt=0)] = 1e-4
     weight_decay: Annotated[float, Range(ge=0)] = 0.0
     loss: Literal["bce", "dice", "bce_dice"] = "bce"
-    scheduler: Literal["none", "cosine", "plateau"] = "none"
+    scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "none"
+    tumor_fraction: Annotated[float, Range(gt=0, lt=1)] | None = None  # share of tumour slices drawn; None = each slice once
     early_stopping_patience: NonNegativeInt = 0  # 0 = off
     device: str = "auto"
     num_workers: NonNegativeInt = 2
@@ -163,6 +164,7 @@ class EvaluateConfig:
     batch_size: AtLeastOne = 32
     figures_patients: Annotated[int, Range(ge=0, le=3)] = 3  # best, median, worst
     precision: Precision = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16
+    tta: bool = False  # average the predictions of each slice and its left-right mirror
 
 
 @dataclass(frozen=True)

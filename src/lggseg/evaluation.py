@@ -80,7 +80,7 @@ def predict_split(model, paths: Paths, split: str, cfg: Config, runtime: Runtime
     dataset = SliceDataset(paths.processed, split)
     loader = DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False, num_workers=0)
     preds, max_probs = [], []
-    for _, probs, _ in predict_batches(model, loader, runtime):
+    for _, probs, _ in predict_batches(model, loader, runtime, tta=cfg.evaluate.tta):
         if not torch.isfinite(probs).all():
             raise ValueError(f"the model outputs non-finite values on the {split} split: its checkpoint is broken "
                              "(re-train, with a lower train.lr if it diverged)")
@@ -178,6 +178,7 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
         spec=checkpoint["spec"], preprocess=_evaluated_preprocess(paths, checkpoint, model_dir / "best.pt"),
         threshold=cfg.evaluate.threshold,
         largest_component=largest_component, precision=cfg.evaluate.precision, chosen_on=postprocess_rule,
+        tta=cfg.evaluate.tta,
     )
 
     write_json(report_dir / "inference.json", settings.to_dict())

@@ -25,6 +25,7 @@ class InferenceSettings:
     largest_component: bool = False  # keep only the largest 3-D component per patient
     precision: str = "auto"
     chosen_on: str = ""  # why largest_component is what it is
+    tta: bool = False  # average each slice's prediction with its left-right mirror's (evaluate.tta)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,27 +51,32 @@ def prepare_for_inference(model: torch.nn.Module, runtime: Runtime) -> torch.nn.
     return prepared
 
 
-def _forward(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """Logits float32 (B, 1, H, W) on CPU for a float32 (B, C, H, W) batch."""
+def _forward(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
+    """Logits float32 (B, 1, H, W) on CPU for a float32 (B, C, H, W) batch; with `tta` the mean of the
+    logits of the batch and of its left-right mirror (mirrored back)."""
     images = runtime.to_device(images).to(next(model.parameters()).dtype)
     with runtime.autocast():
-        logits = model(images)
-    return logits.float().cpu()
+        logits = model(images).float()
+        if tta:
+            logits = (logits + model(images.flip(-1)).float().flip(-1)) / 2
+    return logits.cpu()
 
 
 @torch.inference_mode()
-def predict_batches(model: torch.nn.Module, loader: DataLoader, runtime: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+def predict_batches(model: torch.nn.Module, loader: DataLoader, runtime: Runtime,
+                    tta: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     """Yield (logits float32 (B, 1, H, W) on CPU, probabilities likewise, the batch) in loader order."""
     model.eval()
     for batch in loader:
-        logits = _forward(model, batch["image"], runtime)
+        logits = _forward(model, batch["image"], runtime, tta)
         yield logits, torch.sigmoid(logits), batch
 
 
 @torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int) -> np.ndarray:
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int,
+                          tta: bool = False) -> np.ndarray:
     """Tumour probabilities (N, H, W) float32 for prepared uint8 slices (N, H, W, C), `batch_size` at a time."""
     model.eval()
-    chunks = [torch.sigmoid(_forward(model, torch.from_numpy(to_model_input(images[i : i + batch_size])), runtime))
+    chunks = [torch.sigmoid(_forward(model, torch.from_numpy(to_model_input(images[i : i + batch_size])), runtime, tta))
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)[:, 0].numpy() if chunks else np.zeros((0, *images.shape[1:3]), np.float32)

@@ -338,6 +338,7 @@ def _model_facts(model: dict) -> str:
         ("trained on", f"{_text(model.get('size'))} px, channels: {_text(model.get('channels'))}"),
         ("threshold", _decimal(model.get("threshold"), 2)),
         ("largest component only", _on_off(model.get("largest_component"))),
+        ("mirror averaging (TTA)", _on_off(model.get("tta"))),
     ]
     if not _is_missing(model.get("run_id")):
         rows.append(("MLflow run", f"<code>{_text(model['run_id'])}</code>"))

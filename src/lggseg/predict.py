@@ -125,7 +125,7 @@ def _ready(network: torch.nn.Module, settings: InferenceSettings, runtime: Runti
     spec = ModelSpec(**settings.spec)
     info = {**info, "architecture": spec.arch, "encoder": spec.encoder, "size": settings.preprocess["size"],
             "channels": settings.preprocess["channels"], "threshold": settings.threshold,
-            "largest_component": settings.largest_component}
+            "largest_component": settings.largest_component, "tta": settings.tta}
     return LoadedModel(prepare_for_inference(network, runtime), settings, runtime, info)
 
 
@@ -136,7 +136,7 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
     started = time.perf_counter()
     size, channels = model.settings.preprocess["size"], model.settings.preprocess["channels"]
     prepared = np.stack([prepare_image(image, size, channels) for image in inputs.images])
-    probs = predict_probabilities(model.network, prepared, model.runtime, batch_size)
+    probs = predict_probabilities(model.network, prepared, model.runtime, batch_size, tta=model.settings.tta)
     pred = (probs > model.settings.threshold).astype(np.uint8)
     if model.settings.largest_component:
         kept = largest_component_3d(pred)

@@ -13,7 +13,7 @@ import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from lggseg.atomic import write_csv, write_json
@@ -28,6 +28,7 @@ from lggseg.inference import predict_batches
 from lggseg.metrics import SliceCountAccumulator, segmentation_summary
 from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from lggseg.paths import Paths
+from lggseg.sampling import TumorSampler
 from lggseg.tracking import Tracker, environment_tags, git_state, params_changed_tag, run_name, save_run_pointer
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ HISTORY_COLUMNS = [
     "train_images_per_second",
 ]
 LOSS_CHECK_EVERY = 25  # batches between host syncs of the running loss (progress bar, divergence check)
+ONECYCLE_WARMUP = 0.3  # share of the steps train.scheduler=onecycle spends warming up (torch's default)
 
 
 @dataclass
@@ -96,9 +98,14 @@ def build_loss(name: str) -> torch.nn.Module:
     return BceDice()
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The lr schedule; `onecycle` steps every batch (ONECYCLE_WARMUP of the run rising to train.lr,
+    then annealing to ~0), the others once per epoch."""
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=ONECYCLE_WARMUP)
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
     return None
@@ -107,7 +114,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.Generator,
                  group: Group = distributed.SINGLE) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled, augmented) and val loaders. Under DDP each rank gets its share: train through
-    torch's DistributedSampler (train.batch_size is per process), val through a ShardSampler."""
+    torch's DistributedSampler (train.batch_size is per process), val through a ShardSampler. With
+    train.tumor_fraction the train slices are drawn by a TumorSampler instead (on every rank count)."""
     transform = build_augmentation(cfg.augment, seed=cfg.train.seed + group.rank)
     train_set = SliceDataset(paths.processed, "train", transform=transform)
     val_set = SliceDataset(paths.processed, "val")
@@ -119,17 +127,19 @@ def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.G
         **runtime.loader_options(),
     )
     drop_last = len(train_set) > cfg.train.batch_size * group.world_size
-    if group.distributed:
+    if cfg.train.tumor_fraction is not None:
+        sampler = TumorSampler(train_set.table["has_tumor"].astype(bool).to_numpy(), cfg.train.tumor_fraction,
+                               seed=cfg.train.seed, group=group)
+    elif group.distributed:
         sampler = DistributedSampler(train_set, num_replicas=group.world_size, rank=group.rank, shuffle=True,
                                      seed=cfg.train.seed, drop_last=drop_last)
-        train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last,
-                                  **common)
-        val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, sampler=ShardSampler(len(val_set), group),
-                                **common)
-        return train_loader, val_loader
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=drop_last,
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+    # the generator also seeds the workers' augmentation
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last,
                               generator=generator, **common)
-    val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, **common)
+    val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, sampler=ShardSampler(len(val_set), group),
+                            **common)
     return train_loader, val_loader
 
 
@@ -184,7 +194,8 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    scheduler = build_scheduler(optimizer, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, len(train_loader))
+    batch_scheduler = scheduler if tcfg.scheduler == "onecycle" else None
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.grad_scaler)
     forward = model  # what the training step calls; `model` itself is what is validated and saved
     if group.distributed:
@@ -194,6 +205,7 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
+            _check_resumable_schedule(checkpoint["scheduler"], scheduler, last_path)
             scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["torch_rng"])
         generator.set_state(checkpoint["loader_rng"])
@@ -221,14 +233,14 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
         while state.epoch < tcfg.epochs:
             epoch = state.epoch + 1
             row = _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, scaler, runtime, tcfg,
-                             epoch, group)
+                             epoch, group, batch_scheduler)
             _check_finite_epoch(model, row, epoch, tcfg)
             state.history.append(row)
             improved = state.record(epoch, row["val_dice_patient"])  # the same on every rank: val is gathered
             if improved and main:
                 save_checkpoint(best_path, model, spec, preprocess=preprocess, epoch=epoch,
                                 val_dice_patient=row["val_dice_patient"])
-            if scheduler is not None:
+            if scheduler is not None and batch_scheduler is None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
             state.epoch = epoch
             if main:
@@ -277,12 +289,12 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
 
 
 def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, scaler, runtime: Runtime,
-               cfg: TrainConfig, epoch: int, group: Group = distributed.SINGLE) -> dict:
+               cfg: TrainConfig, epoch: int, group: Group = distributed.SINGLE, batch_scheduler=None) -> dict:
     """One epoch: train through `forward` (the model, or its DDP / compiled wrapper), then validate `model`.
     The running loss stays on the device; the host reads it every LOSS_CHECK_EVERY batches only."""
     started = time.perf_counter()
     model.train()
-    if isinstance(train_loader.sampler, DistributedSampler):
+    if isinstance(train_loader.sampler, (DistributedSampler, TumorSampler)):
         train_loader.sampler.set_epoch(epoch)
     running, seen = torch.zeros((), dtype=torch.float64, device=runtime.device), 0
     bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if group.is_main else True,
@@ -290,6 +302,8 @@ def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, sca
     for batch_index, batch in enumerate(bar, start=1):
         images, masks = runtime.to_device(batch["image"]), runtime.to_device(batch["mask"])
         running += train_step(forward, images, masks, loss_fn, optimizer, scaler, runtime) * len(images)
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         seen += len(images)
         if batch_index % LOSS_CHECK_EVERY == 0 or batch_index == len(train_loader):
             _check_running_loss(running.item() / seen, epoch, batch_index, cfg)
@@ -315,6 +329,15 @@ def train_step(forward, images: torch.Tensor, masks: torch.Tensor, loss_fn, opti
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def _check_resumable_schedule(saved: dict, scheduler, last_path) -> None:
+    """A one-cycle schedule is planned over the whole run: it cannot stretch to more epochs or batches."""
+    planned, now = saved.get("total_steps"), getattr(scheduler, "total_steps", None)
+    if planned is not None and now is not None and planned != now:
+        raise ValueError(f"{last_path} was trained with train.scheduler=onecycle planned over {planned} steps, now "
+                         f"{now}: resume with the train.epochs, batch size and data it started with, or set "
+                         "train.resume: false to start over")
 
 
 def _check_running_loss(value: float, epoch: int, batch_index: int, cfg: TrainConfig) -> None:
