@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo predict-demo exps test bench cv repro push pull mlflow-ui
+.PHONY: install demo predict-demo exps test bench cv repro repro-cpu push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,26 @@ cv: install
 
 repro: install
 	dvc repro
+
+# The CPU recipe: U-Net and FPN on the full real set on 2 CPU cores in under an hour, no pretrained weights
+# (README "Results"). It runs as the DVC experiment `cpu-recipe` in a temporary copy, like the demo.
+# CPU_EXTRA: more -S settings, e.g. -S data.source=local -S data.local_path=/abs/path/lgg-mri-segmentation.zip
+CPU_RECIPE := \
+	-S preprocess.size=128 \
+	-S model.encoder=resnet18 -S model.encoder_weights=null \
+	-S train.epochs=18 -S train.batch_size=16 -S train.lr=0.001 -S train.scheduler=cosine \
+	-S train.loss=bce_dice -S train.tumor_fraction=0.5 -S train.num_workers=0 \
+	-S evaluate.tta=true \
+	-S mlflow.experiment=lggseg-cpu
+CPU_EXTRA ?=
+# the temporary copy has no data/raw/: an archive saved there (see `make repro`) is passed by its absolute path
+LOCAL_ARCHIVE := $(wildcard $(abspath data/raw/lgg-mri-segmentation.zip))
+repro-cpu: install
+	@dvc exp remove cpu-recipe >/dev/null 2>&1 || true  # a rerun replaces the previous one
+	@start=$$(date +%s); \
+	HF_HUB_OFFLINE=1 dvc exp run --temp --name cpu-recipe $(CPU_RECIPE) \
+		$(if $(LOCAL_ARCHIVE),-S data.local_path=$(LOCAL_ARCHIVE)) $(CPU_EXTRA) && \
+	echo && lggseg exps && echo && echo "CPU recipe finished in $$(( ($$(date +%s) - start) / 60 )) min"
 
 # Share results through the DVC remote (default: the folder ../lggseg-dvc-store; see README "Share and
 # compare" for S3/GCS/Azure/SSH): push after a run, pull instead of retraining

@@ -15,10 +15,15 @@ from lggseg.config import load_config
 from conftest import PARAMS, REPO
 
 
-def demo_settings() -> list[str]:
+def makefile_settings(variable: str) -> list[str]:
+    """The `-S key=value` settings of a Makefile variable such as DEMO_SETTINGS."""
     text = (REPO / "Makefile").read_text()
-    block = re.search(r"^DEMO_SETTINGS :=(.*?)(?:\n\n)", text, re.S | re.M).group(1)
+    block = re.search(rf"^{variable} :=(.*?)(?:\n[^\t])", text, re.S | re.M).group(1)
     return re.findall(r"-S (\S+)", block)
+
+
+def demo_settings() -> list[str]:
+    return makefile_settings("DEMO_SETTINGS")
 
 
 # the demo shrunk further for the quick-start test (DEMO_EXTRA is applied after the demo's own settings)
@@ -32,6 +37,32 @@ def test_demo_settings_are_valid_params_and_offline():
     assert cfg.data.source == "synthetic" and cfg.model.encoder_weights is None
     assert cfg.mlflow.experiment != load_config(PARAMS).mlflow.experiment
     assert cfg.preprocess.size <= 128 and cfg.train.epochs <= 10  # CPU-sized
+
+
+def test_cpu_recipe_settings_are_valid_params_without_downloads():
+    cfg = load_config(PARAMS, makefile_settings("CPU_RECIPE"))
+    assert cfg.model.encoder_weights is None and cfg.data.source == load_config(PARAMS).data.source  # the real set
+    assert set(cfg.model.architectures) == {"unet", "fpn"} and cfg.train.device == "auto"
+
+
+def recipe_command(project: Path) -> str:
+    """The `dvc exp run` line `make repro-cpu` runs in `project` (a dry run)."""
+    result = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), "repro-cpu", "CPU_EXTRA=-S train.epochs=1",
+                             f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed"],
+                            cwd=project, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split("dvc exp run", 1)[1].split("&&", 1)[0].replace("\\\n", " ").split())
+
+
+def test_cpu_recipe_runs_as_a_temporary_experiment_and_finds_a_saved_archive(tmp_path):
+    command = recipe_command(tmp_path)
+    assert command.startswith("--temp --name cpu-recipe") and command.endswith("-S train.epochs=1")  # CPU_EXTRA last
+    assert "data.local_path" not in command
+    archive = tmp_path / "data" / "raw" / "lgg-mri-segmentation.zip"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"")
+    # the experiment runs in a copy without data/raw/: the archive must travel as an absolute path
+    assert f"-S data.local_path={archive}" in recipe_command(tmp_path)
 
 
 def quick_start_commands() -> list[str]:
