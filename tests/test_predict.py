@@ -18,10 +18,10 @@ from conftest import PARAMS, mlflow_client, tiny_config
 from lggseg import pipeline
 from lggseg.cli import main
 from lggseg.data.preprocess import prepare_mask
-from lggseg.evaluation import count_table
-from lggseg.metrics import segmentation_summary, slice_dice
 from lggseg.devices import resolve_runtime
+from lggseg.evaluation import count_table
 from lggseg.inference import predict_probabilities
+from lggseg.metrics import segmentation_summary, slice_dice
 from lggseg.models import ModelSpec, create_model
 from lggseg.paths import Paths
 
@@ -310,6 +310,17 @@ def predict_test_split(paths: Paths, out: Path, capsys) -> tuple[list[Path], pd.
     return patients, per_patient["dice_lcc" if settings["largest_component"] else "dice"]
 
 
+def reports_scored_as_evaluation_did(paths: Paths, out: Path, capsys, size: int) -> list[dict]:
+    """Predict every test patient of `paths` into `out`; check that each report's Dice is the metric code's
+    and, at the model's `size`, the very Dice evaluation gave the patient; return the reports."""
+    patients, evaluated = predict_test_split(paths, out, capsys)
+    reports = []
+    for patient in patients:
+        reports.append(check_report_matches_metric_code(patient, out / patient.name))
+        assert dice_at_model_size(patient, out / patient.name, size) == pytest.approx(evaluated[patient.name], abs=1e-9)
+    return reports
+
+
 @pytest.fixture(scope="module")
 def flair_project(tmp_path_factory) -> Paths:
     """A U-Net trained at 64x64 on the FLAIR channel only."""
@@ -319,13 +330,9 @@ def flair_project(tmp_path_factory) -> Paths:
 
 @pytest.mark.slow
 def test_a_flair_only_64px_model_segments_256px_three_channel_scans(flair_project, tmp_path, capsys):
-    patients, evaluated = predict_test_split(flair_project, tmp_path / "out", capsys)
-    for patient in patients:
-        report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
+    for report in reports_scored_as_evaluation_did(flair_project, tmp_path / "out", capsys, size=64):
         assert report["model"]["channels"] == "flair" and report["model"]["size"] == 64
         assert report["patient"]["dice"] > 0.5
-        assert dice_at_model_size(patient, tmp_path / "out" / patient.name, 64) == pytest.approx(
-            evaluated[patient.name], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -385,9 +392,5 @@ def tta_project(tmp_path_factory) -> Paths:
 @pytest.mark.slow
 def test_predict_averages_mirrors_when_evaluation_did(tta_project, tmp_path, capsys):
     assert json.loads((tta_project.report_dir("unet") / "inference.json").read_text())["tta"] is True
-    patients, evaluated = predict_test_split(tta_project, tmp_path / "out", capsys)
-    for patient in patients:
-        report = check_report_matches_metric_code(patient, tmp_path / "out" / patient.name)
+    for report in reports_scored_as_evaluation_did(tta_project, tmp_path / "out", capsys, size=64):
         assert report["model"]["tta"] is True
-        assert dice_at_model_size(patient, tmp_path / "out" / patient.name, 64) == pytest.approx(
-            evaluated[patient.name], abs=1e-9)

@@ -115,7 +115,7 @@ def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.G
                  group: Group = distributed.SINGLE) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled, augmented) and val loaders. Under DDP each rank gets its share: train through
     torch's DistributedSampler (train.batch_size is per process), val through a ShardSampler. With
-    train.tumor_fraction the train slices are drawn by a TumorSampler instead (on every rank count)."""
+    train.tumor_fraction the train slices are drawn by a TumorSampler instead (one process or several)."""
     transform = build_augmentation(cfg.augment, seed=cfg.train.seed + group.rank)
     train_set = SliceDataset(paths.processed, "train", transform=transform)
     val_set = SliceDataset(paths.processed, "val")
@@ -294,7 +294,7 @@ def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, sca
     The running loss stays on the device; the host reads it every LOSS_CHECK_EVERY batches only."""
     started = time.perf_counter()
     model.train()
-    if isinstance(train_loader.sampler, (DistributedSampler, TumorSampler)):
+    if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler, TumorSampler: draws per (seed, epoch)
         train_loader.sampler.set_epoch(epoch)
     running, seen = torch.zeros((), dtype=torch.float64, device=runtime.device), 0
     bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if group.is_main else True,
