@@ -3,7 +3,8 @@ import zipfile
 import pytest
 
 from lggseg.cli import main
-from lggseg.tracking import _redact, project_root
+from lggseg.redaction import redact
+from lggseg.tracking import project_root
 
 from conftest import PARAMS
 
@@ -41,9 +42,9 @@ def test_temp_experiment_copies_log_into_the_repository_store(tmp_path):
 
 
 def test_credentials_in_uris_are_redacted():
-    assert _redact("http://alice:s3cret@mlflow.example:5000/api") == "http://***@mlflow.example:5000/api"
-    assert _redact("postgresql://u:p@db/mlflow") == "postgresql://***@db/mlflow"
-    assert _redact("sqlite:////abs/mlruns/mlflow.db") == "sqlite:////abs/mlruns/mlflow.db"
+    assert redact("http://alice:s3cret@mlflow.example:5000/api") == "http://***@mlflow.example:5000/api"
+    assert redact("postgresql://u:p@db/mlflow") == "postgresql://***@db/mlflow"
+    assert redact("sqlite:////abs/mlruns/mlflow.db") == "sqlite:////abs/mlruns/mlflow.db"
 
 
 def test_version(capsys):

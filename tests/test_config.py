@@ -103,7 +103,13 @@ BAD_VALUES = [
     ("evaluate.tta=2", "evaluate.tta must be true or false; got 2"),
     ("mlflow.experiment=''", "mlflow.experiment must be a non-empty string; got ''"),
     ("mlflow.tracking_uri=[a]", "mlflow.tracking_uri must be a non-empty string; got ['a']"),
+    ("mlflow.tracking_uri=http://alice:pw@host:5000",  # params reach dvc.lock, MLflow and git
+     "mlflow.tracking_uri holds a credential (user info (user:password@) in a URI); "),
+    ("mlflow.tracking_uri=postgresql://db/mlflow?password=pw",
+     "mlflow.tracking_uri holds a credential (a secret in a query string or keyword"),
     ("mlflow.register=maybe", "mlflow.register must be true or false; got 'maybe'"),
+    ("mlflow.server_timeout_s=0", "mlflow.server_timeout_s must be in [5, 3600]; got 0"),
+    ("mlflow.server_timeout_s=2.5", "mlflow.server_timeout_s must be an integer; got 2.5"),
 ]
 
 
@@ -169,6 +175,74 @@ def test_floats_must_be_finite(text):
 def test_ints_stay_strict(text):
     with pytest.raises(ConfigError, match=r"train\.epochs must be an integer; got "):
         tiny_config(f"train.epochs={text}")
+
+
+PARAMS_WITH_DUPLICATES = [
+    # a second `train:` section silently replaced the first (batch_size 4 -> 16, loss dice -> bce)
+    ("train:\n  batch_size: 4\n  loss: dice\n\nmlflow:\n  register: false\ntrain:\n  batch_size: 16\n",
+     "key train is given twice (lines 1 and 7)"),
+    ("train:\n  batch_size: 4\n  loss: dice\n  batch_size: 16\n", "key train.batch_size is given twice (lines 2 and 4)"),
+    ("data:\n  synthetic:\n    seed: 1\n    patients: 3\n    seed: 2\n", "key data.synthetic.seed is given twice (lines 3 and 5)"),
+    ("model:\n  architectures: [unet]\n  encoder: resnet18\n  'encoder': resnet34\n",
+     "key model.encoder is given twice (lines 3 and 4)"),
+    ("train: {epochs: 1, epochs: 2}\n", "key train.epochs is given twice (lines 1 and 1)"),
+]
+
+
+@pytest.mark.parametrize("text, message", PARAMS_WITH_DUPLICATES, ids=[m.split(" is")[0] for _, m in PARAMS_WITH_DUPLICATES])
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(params)
+    assert str(caught.value).startswith(f"{params}: {message}") and "\n" not in str(caught.value)
+
+
+def test_a_key_given_twice_in_an_override_value_is_refused():
+    with pytest.raises(ConfigError, match=r"override 'train=\{epochs: 1, epochs: 2\}': key epochs is given twice"):
+        tiny_config("train={epochs: 1, epochs: 2}")
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train: &base\n  epochs: 3\n  lr: 0.01\nevaluate:\n  batch_size: 8\n")
+    assert load_config(params).train.epochs == 3
+    params.write_text("split: &s {seed: 1, folds: 1}\ntrain:\n  <<: {epochs: 3, seed: 1}\n  epochs: 5\n")
+    assert load_config(params).train.epochs == 5
+
+
+@pytest.mark.parametrize("text", ["", "# every param commented out\n#train:\n#  epochs: 3\n", "{}\n", "---\n"])
+def test_an_empty_params_file_warns_that_every_value_is_a_default(tmp_path, text):
+    """Through the CLI: the warning is a line on stderr that names the file, and the defaults are used."""
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    code = f"from lggseg.cli import main; main(['split', '--params', {str(params)!r}, '--root', {str(tmp_path)!r}])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    warning = [line for line in result.stderr.splitlines() if "every value is a default" in line]
+    assert len(warning) == 1 and str(params) in warning[0] and warning[0].startswith("WARNING"), result.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n\tepochs: 3\n", "line 2, column 1: not valid YAML: while scanning for the next token: found character '\\t' that cannot start any token"),
+    ("train: [unet\n", "line 2, column 1: not valid YAML: while parsing a flow sequence: expected ',' or ']', but got"),
+    ("train:\n  epochs: 3\n---\nsplit: {}\n", "line 3, column 1: not valid YAML: expected a single document"),
+    ("- train\n", ": expected a mapping of sections at the top level, got list"),
+])
+def test_a_params_file_that_is_not_valid_yaml_is_one_line_with_the_line_number(tmp_path, text, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(params)
+    assert str(caught.value).startswith(f"{params}") and message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_params_file_that_is_not_utf8_or_not_a_file_is_named(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_bytes(b"train:\n  loss: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(byte 15\)"):
+        load_config(params)
+    with pytest.raises(ConfigError, match=r"cannot read the params file: Is a directory"):
+        load_config(tmp_path)
 
 
 def test_missing_params_file_is_named(tmp_path):

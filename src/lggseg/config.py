@@ -8,6 +8,7 @@ checked at load, before any work, and every message reads `<key> must be <rule>;
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import subprocess
 import types
@@ -19,6 +20,9 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 import yaml
 
 from lggseg import model_names
+from lggseg.redaction import credentials_in
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -172,6 +176,8 @@ class MlflowConfig:
     experiment: str = "lggseg"
     tracking_uri: str | None = None
     register: bool = True
+    # the longest a command waits for a tracking server (http/https) that stops answering, retries included
+    server_timeout_s: Annotated[int, Range(ge=5, le=3600)] = 30
 
 
 @dataclass(frozen=True)
@@ -212,17 +218,92 @@ def param_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping, at any depth: plain YAML keeps
+    the last one silently (a second `train:` section would replace the whole first one)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._key_paths = _key_paths(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: overriding merged keys is the point
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):  # the safe constructor refuses it with its own message
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                where = getattr(self, "_key_paths", {}).get(id(node), "")
+                raise ConfigError(f"{self.name}: key {where}{key} is given twice (lines {first_lines[key]} and {line}); "
+                                  "YAML would silently keep only the second: keep one")
+            first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _key_paths(node: yaml.Node, prefix: str = "") -> dict[int, str]:
+    """`{id(mapping node): "train."}`: the dotted path of every mapping, to name a duplicate key in full."""
+    paths = {id(node): prefix} if isinstance(node, yaml.MappingNode) else {}
+    children = node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else []
+    for child in children:
+        if isinstance(child, tuple):  # a mapping's (key, value) pair
+            key, value = child
+            if isinstance(key, yaml.ScalarNode):
+                paths.update(_key_paths(value, f"{prefix}{key.value}."))
+        else:
+            paths.update(_key_paths(child, prefix))
+    return paths
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python values, with duplicate keys refused; a syntax error is one line naming `source`
+    and the line and column."""
+    try:
+        return yaml.load(text, Loader=_named_loader(source))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = ": ".join(part for part in (exc.context, exc.problem) if part)  # "while parsing ...: expected ..."
+        raise ConfigError(f"{source}{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _named_loader(source: str) -> type[ParamsLoader]:
+    """A ParamsLoader whose marks name `source` instead of `<unicode string>`."""
+    class Named(ParamsLoader):
+        def __init__(self, stream: str):
+            super().__init__(stream)
+            self.name = source
+    return Named
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """params.yaml as a dict of sections; an empty file (or one with only comments) warns that every value is
+    a default, since a file emptied by mistake would otherwise run the defaults silently."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): params.yaml must be UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file: {exc.strerror or exc}") from None
+    raw = read_yaml(text, str(path))
+    if raw is None or raw == {}:
+        log.warning("%s holds no params: every value is a default (see params.yaml in the repository for them)", path)
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(params_path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Config:
     """Read params.yaml, apply `key.sub=value` overrides (values parsed as YAML), validate."""
     path = Path(params_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"params file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = read_params_file(path)
     for override in overrides:
         apply_override(raw, override)
     return config_from_dict(raw, source=str(path))
@@ -234,8 +315,8 @@ def committed_config(root: str | Path, rev: str = "HEAD") -> Config | None:
     try:
         text = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=root, capture_output=True, text=True,
                               check=True, timeout=30).stdout
-        return config_from_dict(yaml.safe_load(text) or {}, source=f"params.yaml@{rev}")
-    except (OSError, subprocess.SubprocessError, yaml.YAMLError, ConfigError):
+        return config_from_dict(read_yaml(text, f"params.yaml@{rev}") or {}, source=f"params.yaml@{rev}")
+    except (OSError, subprocess.SubprocessError, ConfigError):
         return None
 
 
@@ -257,11 +338,26 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    node[parts[-1]] = read_yaml(text, f"override {override!r}") if text.strip() else None
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
-    return validate(_build(Config, raw, prefix="", source=source))
+    cfg = validate(_build(Config, raw, prefix="", source=source))
+    refuse_credentials(cfg, source)
+    return cfg
+
+
+def refuse_credentials(cfg: Config, source: str) -> None:
+    """No param may hold a credential: params are copied into dvc.lock, MLflow params and tags and
+    `dvc exp` commits, and params.yaml itself is committed to git. MLflow reads the credentials from the
+    environment instead."""
+    for key, value in cfg.flat().items():
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and (kind := credentials_in(text)):
+                raise ConfigError(
+                    f"{source}: {key} holds a credential ({kind}); params are copied into dvc.lock, MLflow and git, "
+                    "so give the URI without it and export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                    "(or MLFLOW_TRACKING_TOKEN), which MLflow reads from the environment")
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
