@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+from lggseg.diskspace import DiskSpaceError, free_bytes, is_disk_full, no_space_error, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,19 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
     The file gets the permissions a plain open() would give (the umask applies)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
+    free_at_start = free_bytes(target.parent)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         os.replace(tmp, target)
+    except Exception as exc:
+        if isinstance(exc, DiskSpaceError) or not is_disk_full(exc):
+            raise
+        tmp.unlink(missing_ok=True)  # give the space back at once
+        raise no_space_error(target, free_at_start) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -62,7 +71,23 @@ def write_text(target: Path, text: str) -> Path:
 
 
 def write_json(target: Path, data: Any) -> Path:
-    return write_text(target, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (RFC 8259), as every parser reads it: NaN and +-inf, which json.dumps would write as the
+    non-standard NaN / Infinity, are written as null (a number the run does not have, e.g. a detection AUC
+    on a test split of one class); readers that need a number turn null back into NaN."""
+    text = json.dumps(_finite_or_null(data), indent=2, sort_keys=False, allow_nan=False, default=_json_default)
+    return write_text(target, text + "\n")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_csv(target: Path, frame: pd.DataFrame) -> Path:
@@ -86,16 +111,29 @@ def staged_dir(target: Path) -> Iterator[Path]:
     On failure the staging folder is removed and an existing `target` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
+    free_at_start = free_bytes(target.parent)
     staging = target.with_name(f".{target.name}.staging.{os.getpid()}.{secrets.token_hex(6)}")
-    staging.mkdir(mode=0o777)  # the umask applies: the result reads like any folder
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        staging.mkdir(mode=0o777)  # the umask applies: the result reads like any folder
         yield staging
         replace_dir(staging, target)
+    except Exception as exc:
+        # a full disk inside the staging folder is reported as the target's (the staging name means nothing
+        # to a user); a DiskSpaceError about another path (a check before writing) passes as it is
+        if not is_disk_full(exc) or (isinstance(exc, DiskSpaceError) and not _inside(exc.path, staging)):
+            raise
+        written = tree_bytes(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise no_space_error(target, free_at_start, written) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(path) == folder or folder in Path(path).parents
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -92,8 +92,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, spec: ModelSpec, **extra
     """Atomically write {spec, state_dict, **extra} (extra: preprocess, optimizer state, epoch, metrics...).
     Everything must be tensors and plain Python types: checkpoints are read with weights_only=True."""
     state = {"spec": spec.to_dict(), "state_dict": model.state_dict(), **extra}
-    with atomic_path(Path(path)) as tmp:
-        torch.save(state, tmp)
+    # through a Python file: a full disk then stays visible as the OSError behind torch's RuntimeError
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
     return Path(path)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from lggseg.atomic import staged_dir
 from lggseg.config import DataConfig
 from lggseg.data import synthetic
+from lggseg.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,21 @@ WAYS_OUT = (
     "data.local_path to the .zip or to a folder that contains kaggle_3m/ (data.source: local);\n"
     "  3. no account at all: `make demo` runs the whole pipeline on synthetic data (data.source: synthetic)."
 )
+
+
+# What one archive may unpack to, checked on its declared sizes before anything is extracted. Kaggle's
+# archive (738 MB, ~1 GB per copy of the tree) passes with a wide margin: slice images are 203,102 bytes
+# (deflate 1.3-16x over 2,800 real slices), masks 65,746 bytes (deflate 80-360x: mostly zeros), data.csv
+# 5.5 KB for 110 patients. A zip bomb needs a far higher ratio (deflate reaches ~1,030:1 on zeros) or size.
+MAX_ARCHIVE_MEMBERS = 100_000
+MAX_ARCHIVE_RATIO = 50  # the extracted part as a whole, unpacked : compressed
+MEMBER_LIMITS = {  # kind: (most unpacked bytes, highest unpacked : compressed ratio)
+    "slice image": (2 << 20, 200),
+    "mask": (2 << 20, 1100),  # above deflate's ceiling: an all-zero mask must pass
+    "data.csv": (1 << 20, 200),
+    "other file": (16 << 20, 200),
+}
+EXTRACT_CHUNK_BYTES = 1 << 20
 
 
 class DataSourceError(RuntimeError):
@@ -73,7 +89,9 @@ def install_local(local: Path, dataset_dir: Path) -> Path:
     with staged_dir(dataset_dir) as staging:
         if local.is_dir():
             source_tree = find_dataset_tree(local)
-            shutil.copytree(source_tree, staging, dirs_exist_ok=True, symlinks=False)
+            require_free_space(dataset_dir.parent, _tree_on_disk(source_tree, dataset_dir.parent),
+                               f"a copy of {source_tree}")
+            shutil.copytree(source_tree, staging, dirs_exist_ok=True, symlinks=False, copy_function=_copy_file)
             check_dataset_tree(staging, origin=str(source_tree))
         elif _is_zip_archive(local):
             inner = extract_dataset_zip(local, staging)
@@ -81,6 +99,21 @@ def install_local(local: Path, dataset_dir: Path) -> Path:
         else:
             raise DataSourceError(f"{local}: neither a folder nor a .zip archive")
     return dataset_dir
+
+
+def _tree_on_disk(tree: Path, destination: Path) -> int:
+    block = block_size(destination)
+    return on_disk((p.stat().st_size for p in tree.rglob("*") if p.is_file()), block)
+
+
+def _copy_file(source: str, destination: str) -> str:
+    """shutil.copy2 that stops the copy at a full disk (copytree would go on and list every later file)."""
+    try:
+        return shutil.copy2(source, destination)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskSpaceError(f"No space left on device writing {destination}", Path(destination)) from None
+        raise
 
 
 def _is_zip_archive(path: Path) -> bool:
@@ -107,25 +140,76 @@ def extract_dataset_zip(archive: Path, target: Path) -> str:
     Returns the extracted folder's path inside the archive, e.g. 'kaggle_3m/'."""
     with _open_archive(archive) as zf:
         infos = zf.infolist()
+        if len(infos) > MAX_ARCHIVE_MEMBERS:
+            raise DataSourceError(f"the archive {archive} has {len(infos)} entries, more than the "
+                                  f"{MAX_ARCHIVE_MEMBERS} a data set may have; refusing it")
         for info in infos:
             _check_member(archive, info)
         prefix = _dataset_prefix(archive, [PurePosixPath(i.filename) for i in infos])
-        extracted = 0
-        for info in infos:
-            name = PurePosixPath(info.filename)
-            if info.is_dir() or name.parts[: len(prefix)] != prefix:
-                continue
-            relative = PurePosixPath(*name.parts[len(prefix):])
+        members = [i for i in infos if not i.is_dir() and PurePosixPath(i.filename).parts[: len(prefix)] == prefix]
+        check_declared_sizes(archive, members, target.parent)
+        for info in members:
+            relative = PurePosixPath(*PurePosixPath(info.filename).parts[len(prefix):])
             destination = target.joinpath(*relative.parts)
             destination.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with zf.open(info) as src, open(destination, "wb") as dst:
-                    shutil.copyfileobj(src, dst, length=1 << 20)
+                _extract_member(archive, zf, info, destination)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
                 raise DataSourceError(_damaged(archive, f"{info.filename}: {_member_problem(exc)}")) from None
-            extracted += 1
-    log.info("extracted %d files from %s", extracted, archive)
+    log.info("extracted %d files from %s", len(members), archive)
     return "/".join(prefix) + "/"
+
+
+def member_kind(name: str) -> str:
+    """Which of MEMBER_LIMITS applies to an archive member, by its file name."""
+    base = PurePosixPath(name).name
+    if base.endswith("_mask.tif"):
+        return "mask"
+    if base.endswith(".tif"):
+        return "slice image"
+    return "data.csv" if base == "data.csv" else "other file"
+
+
+def _ratio(info: zipfile.ZipInfo) -> float:
+    return info.file_size / max(info.compress_size, 1)
+
+
+def check_declared_sizes(archive: Path, members: list[zipfile.ZipInfo], destination: Path) -> None:
+    """Refuse a zip bomb before extracting: each member's declared size and compression ratio against the
+    limits of its kind, the whole against MAX_ARCHIVE_RATIO and against the free space at `destination`."""
+    bomb = f"the archive {archive} looks like a zip bomb"
+    for info in members:
+        kind = member_kind(info.filename)
+        most_bytes, highest_ratio = MEMBER_LIMITS[kind]
+        if info.file_size > most_bytes:
+            raise DataSourceError(f"{bomb}: {info.filename} unpacks to {size_text(info.file_size)} "
+                                  f"({info.file_size} bytes), more than the {size_text(most_bytes)} a {kind} may have; "
+                                  "refusing it")
+        if _ratio(info) > highest_ratio:
+            raise DataSourceError(f"{bomb}: {info.filename} is compressed {_ratio(info):.0f}:1 "
+                                  f"({size_text(info.file_size)} from {size_text(info.compress_size)}), more than "
+                                  f"the {highest_ratio}:1 a {kind} may have; refusing it")
+    unpacked = sum(i.file_size for i in members)
+    packed = sum(i.compress_size for i in members)
+    if unpacked / max(packed, 1) > MAX_ARCHIVE_RATIO:
+        raise DataSourceError(f"{bomb}: its {len(members)} files unpack to {size_text(unpacked)} from "
+                              f"{size_text(packed)} ({unpacked / max(packed, 1):.0f}:1), more than the "
+                              f"{MAX_ARCHIVE_RATIO}:1 a data set may have; refusing it")
+    require_free_space(destination, on_disk((i.file_size for i in members), block_size(destination)),
+                       f"the {len(members)} files of the archive {archive}")
+
+
+def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, destination: Path) -> None:
+    """Copy one member in chunks, stopping as soon as it gives more bytes than it declared (the declared
+    sizes are what the checks above and the free-space estimate trusted)."""
+    written = 0
+    with zf.open(info) as source, open(destination, "wb") as out:
+        while chunk := source.read(EXTRACT_CHUNK_BYTES):
+            written += len(chunk)
+            if written > info.file_size:
+                raise DataSourceError(f"the archive {archive}: {info.filename} unpacks to more than its declared "
+                                      f"{info.file_size} bytes; refusing it (damaged or crafted)")
+            out.write(chunk)
 
 
 def _open_archive(archive: Path) -> zipfile.ZipFile:

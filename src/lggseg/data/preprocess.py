@@ -7,8 +7,10 @@ the same functions so that a model always sees what it was trained on. Values st
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import tifffile
 from lggseg.atomic import staged_dir, write_json
 from lggseg.config import PreprocessConfig
 from lggseg.data.split import check_no_leak, slices_for
+from lggseg.diskspace import block_size, on_disk, require_free_space
 from lggseg.paths import SPLITS
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,15 @@ def preprocess_dataset(
     """Write `out_dir/<split>/{images.npy, masks.npy, slices.csv}` and `out_dir/manifest.json` atomically."""
     check_no_leak({name: splits[name] for name in SPLITS})
     manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "splits": {}}
+    rows_of = {name: slices_for(slices, splits[name]) for name in SPLITS}
+    # the arrays are memory maps: a page written to a full disk kills the process (SIGBUS), so the space
+    # is checked here and then reserved per file (`_reserved_array`) before anything is written
+    require_free_space(out_dir.parent, _bytes_needed(rows_of, cfg, block_size(out_dir.parent)),
+                       f"{out_dir} ({', '.join(f'{n} {len(r)}' for n, r in rows_of.items())} slices at "
+                       f"{cfg.size}x{cfg.size}x{cfg.in_channels} uint8)")
     with staged_dir(out_dir) as staging:
         for name in SPLITS:
-            rows = slices_for(slices, splits[name])
+            rows = rows_of[name]
             manifest["splits"][name] = _write_split(rows, dataset_root, staging / name, cfg, workers)
         manifest["fingerprint"] = hashlib.sha256(
             "".join(manifest["splits"][n]["sha256"] for n in SPLITS).encode()
@@ -78,11 +87,41 @@ def preprocess_dataset(
     return manifest
 
 
+NPY_HEADER_BYTES = 128  # what np.lib.format writes before the data of a small-shaped array
+MANIFEST_BYTES = 4096
+
+
+def _bytes_needed(rows_of: dict[str, pd.DataFrame], cfg: PreprocessConfig, block: int) -> int:
+    """What the output folder will occupy: per split the two arrays and slices.csv, and the manifest."""
+    sizes = [MANIFEST_BYTES]
+    for rows in rows_of.values():
+        pixels = len(rows) * cfg.size * cfg.size
+        sizes += [NPY_HEADER_BYTES + pixels * cfg.in_channels, NPY_HEADER_BYTES + pixels,
+                  len(rows.to_csv(index=False).encode())]
+    return on_disk(sizes, block)
+
+
+def _reserved_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A uint8 .npy memory map whose disk blocks are allocated up front: a full disk is an OSError (ENOSPC)
+    here, never a SIGBUS later when a page of the map is written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # not on macOS / Windows: the free-space check is all there
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+    return array
+
+
 def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: PreprocessConfig, workers: int) -> dict:
     split_dir.mkdir(parents=True)
     n, size, c = len(rows), cfg.size, cfg.in_channels
-    images = np.lib.format.open_memmap(split_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, c))
-    masks = np.lib.format.open_memmap(split_dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+    images = _reserved_array(split_dir / "images.npy", (n, size, size, c))
+    masks = _reserved_array(split_dir / "masks.npy", (n, size, size))
 
     def load(i: int) -> None:
         row = rows.iloc[i]
