@@ -250,11 +250,14 @@ def test_a_mask_of_another_size_skips_the_dice_with_a_warning(trained_project, p
 
 def test_an_existing_output_is_refused_unless_overwrite(trained_project, patient_copy, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
+    code, err = predict_local(capsys, trained_project, patient_copy, out)
+    assert code == 0, err
     (out / "keep.txt").write_text("earlier results")
     code, err = predict_local(capsys, trained_project, patient_copy, out)
     assert code == 1 and f"{out} exists" in err and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "earlier results"
+    # predict wrote it (its .lggseg-predictions.json is there): replaced as a whole; folders predict did not
+    # write are refused even with --overwrite (tests/test_predict_safety.py)
     code, err = predict_local(capsys, trained_project, patient_copy, out, "--overwrite")
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / patient_copy.name / "report.json").is_file()

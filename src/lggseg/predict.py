@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -26,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 from lggseg import __version__
-from lggseg.atomic import staged_dir
+from lggseg.atomic import staged_dir, write_json
 from lggseg.config import MlflowConfig
 from lggseg.data.preprocess import flair_view, prepare_image
-from lggseg.data.scans import PatientImages, PatientScan, find_patients, read_patient
+from lggseg.data.scans import PatientImages, PatientScan, find_patients, input_tree, read_patient
 from lggseg.devices import Runtime, inference_runtime
 from lggseg.inference import InferenceSettings, predict_probabilities, prepare_for_inference
 from lggseg.metrics import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
@@ -43,8 +44,17 @@ SUMMARY_COLUMNS = ["case", "slices", "tumor_positive_slices", "volume_voxels", "
                    "max_tumor_probability", "dice", "report"]
 
 
+OUTPUT_MARKER = ".lggseg-predictions.json"
+"""Left in every output folder predict writes: --overwrite replaces only folders that hold it."""
+WRITTEN_BY = "lggseg predict"
+
+
 class OutputExistsError(ValueError):
     """The output folder is there already and --overwrite was not given."""
+
+
+class UnsafeOutputError(ValueError):
+    """--out would replace or write into the input, or a folder predict did not write."""
 
 
 @dataclass
@@ -203,7 +213,7 @@ def write_patient(folder: Path, prediction: PatientPrediction, probabilities: bo
         tifffile.imwrite(folder / f"{item.image.stem}_mask.tif", mask * np.uint8(255))
         if probabilities:
             tifffile.imwrite(folder / f"{item.image.stem}_prob.tif", prob.astype(np.float32))
-    (folder / "report.json").write_text(json.dumps(prediction.report, indent=2) + "\n")
+    write_json(folder / "report.json", prediction.report)  # strict JSON: NaN or inf would be null
     flair = flair_view(np.stack(prediction.inputs.images)) if _same_size(prediction.inputs.images) else None
     if flair is None:  # slices of different sizes: show each at the first slice's size
         shape = prediction.inputs.images[0].shape[:2][::-1]
@@ -235,16 +245,18 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
             spacing: tuple[float, float, float] | None = None) -> pd.DataFrame:
     """Segment every patient under `input_path` into `out_dir` (written as a whole, or not at all);
     returns the summary table (one row per patient)."""
+    check_spacing(spacing)
     out_dir = Path(out_dir)
+    check_output_apart_from_input(Path(input_path), out_dir)
     patients, many = find_patients(Path(input_path))
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise OutputExistsError(f"{out_dir} exists; choose another --out or add --overwrite to replace it")
+    check_output_replaceable(out_dir, overwrite)
     runtime = inference_runtime(device, precision)
     loaded = load_model(model, Path(root), mlflow or MlflowConfig(), runtime)
     batch_size = batch_size or (32 if runtime.device.type == "cuda" else 8)
     flair_only = loaded.settings.preprocess["channels"] == "flair"
     rows = []
-    with staged_dir(out_dir) as staging:
+    # the folder a link points at is the one replaced; the link stays valid
+    with staged_dir(out_dir.resolve()) as staging:
         for scan in tqdm(patients, desc="patients", unit="patient", disable=not many or None, file=sys.stderr):
             inputs = read_patient(scan, flair_only)
             for note in inputs.notes:
@@ -257,4 +269,83 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
         if many:
             summary.to_csv(staging / "summary.csv", index=False)
             (staging / "index.html").write_text(index_html(summary))
+        write_json(staging / OUTPUT_MARKER, output_marker(Path(input_path), model, summary))
+        check_output_replaceable(out_dir, overwrite)  # again: the folder may have changed during the run
     return summary
+
+
+def check_spacing(spacing: tuple[float, ...] | None) -> None:
+    """Voxel sizes are positive finite millimetres (NaN would reach report.json as a volume)."""
+    if spacing is None:
+        return
+    bad = [value for value in spacing if not (math.isfinite(value) and value > 0)]
+    if len(spacing) != 3 or bad:
+        shown = " ".join(f"{v:g}" for v in spacing)
+        raise ValueError(f"--spacing {shown}: each of DX DY DZ must be a positive finite size in mm; got "
+                         f"{', '.join(f'{v:g}' for v in bad) or f'{len(spacing)} values'}")
+
+
+def check_output_apart_from_input(input_path: Path, out_dir: Path) -> None:
+    """--out may be neither the input folder, nor inside it, nor above it (links resolved): replacing it
+    would delete the scans, writing into it would put predicted `_mask.tif` where the true masks are."""
+    if not input_path.exists():
+        return  # find_patients names it
+    tree, out = input_tree(input_path), out_dir.resolve()
+    if out == tree or tree in out.parents or out in tree.parents:
+        where = "is the input folder" if out == tree else "is inside the input folder" if tree in out.parents \
+            else "holds the input folder"
+        raise UnsafeOutputError(f"--out {out_dir} {where} {tree}" + (f" (resolved: {out})" if out != out_dir else "")
+                                + ": predictions would replace or mix with the scans; choose an --out outside it")
+
+
+def check_output_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """An existing --out is replaced only with --overwrite, and only if predict wrote it (OUTPUT_MARKER);
+    an empty folder may be used."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise UnsafeOutputError(f"--out {out_dir} exists and is not a folder; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{out_dir} exists; choose another --out or add --overwrite to replace it")
+    if not written_by_predict(out_dir):
+        raise UnsafeOutputError(f"{out_dir} was not written by lggseg predict (no {OUTPUT_MARKER} in it): "
+                                "--overwrite replaces only predict's own output folders; choose another --out "
+                                "or remove the folder yourself")
+
+
+def written_by_predict(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return is_legacy_prediction(folder)
+    return isinstance(marker, dict) and marker.get("written_by") == WRITTEN_BY
+
+
+def is_legacy_prediction(folder: Path) -> bool:
+    """An output of an lggseg predict that left no marker yet (e.g. `make predict-demo`'s): nothing in it but
+    summary.csv, index.html and case folders holding only report.json (with lggseg_version), report.html,
+    `_mask.tif` and `_prob.tif`, no links. Anything else in it is somebody's, and keeps it from being replaced."""
+    cases = [entry for entry in folder.iterdir() if entry.name not in ("summary.csv", "index.html")]
+    if not cases or any(entry.is_symlink() or not entry.is_dir() for entry in cases):
+        return False
+    for case in cases:
+        for entry in case.iterdir():
+            if entry.is_symlink() or not entry.is_file() or not (
+                    entry.name in ("report.json", "report.html") or entry.name.endswith(("_mask.tif", "_prob.tif"))):
+                return False
+        try:
+            report = json.loads((case / "report.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if not (isinstance(report, dict) and "lggseg_version" in report and report.get("case") == case.name):
+            return False
+    return True
+
+
+def output_marker(input_path: Path, model: str, summary: pd.DataFrame) -> dict:
+    """What OUTPUT_MARKER says: who wrote the folder, from what."""
+    return {"written_by": WRITTEN_BY, "lggseg_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": str(input_path.resolve()), "model": model, "cases": summary["case"].tolist()}

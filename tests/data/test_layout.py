@@ -94,8 +94,23 @@ def _break_empty_patient(paths):
     return empty.name, "empty_patient_folder"
 
 
+def _break_duplicate_slice_number(paths):
+    victim = sorted(_first_patient(paths).glob("*_3.tif"))[0]  # `_03.tif` is slice 3 as well
+    shutil.copy(victim, victim.with_name(victim.name.replace("_3.tif", "_03.tif")))
+    return victim.name.replace("_3.tif", "_03.tif"), "duplicate_slice_number"
+
+
+def _break_link_outside(paths):
+    victim = sorted(_first_patient(paths).glob("*_4.tif"))[0]
+    elsewhere = paths.root.parent / f"elsewhere-{paths.root.name}.tif"
+    shutil.copy(victim, elsewhere)  # a valid slice, but not of this data set
+    victim.unlink()
+    victim.symlink_to(elsewhere)
+    return victim.name, "link_outside_data"
+
+
 BREAKERS = [_break_missing_mask, _break_missing_image, _break_unreadable, _break_shape, _break_dtype,
-            _break_mask_values, _break_empty_patient]
+            _break_mask_values, _break_empty_patient, _break_duplicate_slice_number, _break_link_outside]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[7:])
@@ -155,3 +170,86 @@ def test_missing_data_csv_is_named(project):
     (project.dataset / "data.csv").unlink()
     with pytest.raises(DatasetError, match="data.csv is missing"):
         build_index(project.dataset)
+
+
+def _data_csv_lines(paths: Paths) -> list[str]:
+    return (paths.dataset / "data.csv").read_text().splitlines()
+
+
+def _indexed_row(lines: list[str], paths: Paths) -> int:
+    """The position in `lines` of the data.csv row of the first patient folder (one that is indexed)."""
+    case_id = "_".join(_first_patient(paths).name.split("_")[:3])
+    return next(i for i, line in enumerate(lines) if line.startswith(case_id + ","))
+
+
+def _short_row(paths):
+    lines = _data_csv_lines(paths)
+    i = _indexed_row(lines, paths)
+    lines[i] = ",".join(lines[i].split(",")[:5])
+    return lines, f"line {i + 1} ({lines[i].split(',')[0]}): 5 fields, the header has"
+
+
+def _long_row(paths):
+    lines = _data_csv_lines(paths)
+    i = _indexed_row(lines, paths)
+    lines[i] += ",1,2"
+    return lines, f"line {i + 1} ({lines[i].split(',')[0]}): {lines[i].count(',') + 1} fields, the header has"
+
+
+def _no_patient_id(paths):
+    lines = _data_csv_lines(paths)
+    lines.append("," + ",".join(lines[1].split(",")[1:]))
+    return lines, f"line {len(lines)} (no patient ID): the Patient field is empty"
+
+
+def _patient_twice(paths):
+    lines = _data_csv_lines(paths)
+    i = _indexed_row(lines, paths)
+    header = lines[0].split(",")
+    age = header.index("age_at_initial_pathologic")
+    copy = lines[i].split(",")
+    copy[age] = str(int(copy[age]) + 30)
+    lines.append(",".join(copy))
+    return lines, f"line {len(lines)} ({copy[0]}): patient listed again (line {i + 1}) with other age_at_initial_pathologic"
+
+
+DATA_CSV_BREAKERS = [_short_row, _long_row, _no_patient_id, _patient_twice]
+
+
+@pytest.mark.parametrize("breaker", DATA_CSV_BREAKERS, ids=lambda f: f.__name__[1:])
+def test_a_malformed_data_csv_row_is_refused_in_strict_mode_naming_line_and_patient(project, breaker):
+    cfg = tiny_config()
+    pipeline.index(cfg, project)
+    good = project.slices_csv.read_bytes()
+    lines, expected = breaker(project)
+    (project.dataset / "data.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        pipeline.index(cfg, project)
+    message = str(err.value)
+    assert expected in message and "data.csv" in message and "data.index.strict: false" in message
+    assert "\n" not in message
+    assert project.slices_csv.read_bytes() == good
+
+
+@pytest.mark.parametrize("breaker", DATA_CSV_BREAKERS, ids=lambda f: f.__name__[1:])
+def test_a_malformed_data_csv_row_is_warned_about_in_lenient_mode(project, breaker, caplog):
+    before, _ = build_index(project.dataset)
+    lines, expected = breaker(project)
+    (project.dataset / "data.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        pipeline.index(tiny_config("data.index.strict=false"), project)
+    assert any(expected in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    slices = pd.read_csv(project.slices_csv)
+    assert len(slices) == len(before)  # one row per slice: a repeated patient is not joined twice
+    first = _first_patient(project).name
+    ages = slices.loc[slices["patient_id"] == first, "age_at_initial_pathologic"]
+    original = before.loc[before["patient_id"] == first, "age_at_initial_pathologic"]
+    if breaker is _patient_twice:  # the first row is the one used
+        assert ages.tolist() == original.tolist()
+
+
+def test_empty_cells_of_a_complete_data_csv_row_are_fine(real_sample, caplog):
+    """The real data.csv has empty cells; that is no malformed row."""
+    with caplog.at_level(logging.WARNING):
+        build_index(real_sample, strict=True)
+    assert not [r for r in caplog.records if "data.csv" in r.getMessage()]

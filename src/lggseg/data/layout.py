@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections import defaultdict
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
+
+from lggseg.data import tiff_guard
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def build_index(root: Path, strict: bool = True) -> tuple[pd.DataFrame, pd.DataF
 
     slices = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values(["patient_id", "slice"], ignore_index=True)
     _warn_gaps(slices)
-    slices = join_clinical(slices, root / "data.csv")
+    slices = join_clinical(slices, root / "data.csv", strict=strict)
     dropped = pd.DataFrame([p.__dict__ for p in problems], columns=["kind", "path", "detail"])
     return slices, dropped
 
@@ -96,12 +98,27 @@ def _pair_slices(root: Path, patient_dir: Path, problems: list[Problem]) -> list
         return []
     images: dict[int, str] = {}
     masks: dict[int, str] = {}
-    for f in patient_dir.iterdir():
+    ambiguous: set[int] = set()
+    data_root = root.resolve()
+    for f in sorted(patient_dir.iterdir()):
         n = slice_number(f.name, patient_id)
         if n is None:
             continue
-        (masks if f.name.endswith("_mask.tif") else images)[n] = str(rel_dir / f.name)
-    if not images and not masks:
+        rel = str(rel_dir / f.name)
+        if not f.resolve().is_relative_to(data_root):  # a link out of the data set: another file, not this slice
+            problems.append(Problem("link_outside_data", rel, f"links out of the data folder (to {f.resolve()})"))
+            continue
+        kind = masks if f.name.endswith("_mask.tif") else images
+        if n in kind:  # `_10.tif` and `_010.tif`: which one is slice 10 cannot be decided
+            problems.append(Problem("duplicate_slice_number", rel, f"slice {n} again (also {kind[n]})"))
+            ambiguous.add(n)
+            continue
+        kind[n] = rel
+    for n in ambiguous:
+        for kind in (images, masks):
+            if n in kind:
+                problems.append(Problem("duplicate_slice_number", kind.pop(n), f"slice {n} has more than one file"))
+    if not images and not masks and not ambiguous:
         problems.append(Problem("empty_patient_folder", str(rel_dir), "no slice tifs"))
         return []
     for n in sorted(images.keys() - masks.keys()):
@@ -143,10 +160,12 @@ def _check_slice(root: Path, row: dict) -> dict:
 
 
 def _read(path: Path, rel: str, problems: list[Problem]) -> np.ndarray | None:
+    """The pixels, or None with a Problem: unreadable_tif, or oversized_tif when the header declares more
+    than a slice can be (refused before decoding, see tiff_guard)."""
     try:
-        return tifffile.imread(path)
-    except Exception as exc:  # tifffile raises several types for damaged files
-        problems.append(Problem("unreadable_tif", rel, f"{type(exc).__name__}: {exc}"))
+        return tiff_guard.read_tiff(path, rel)
+    except tiff_guard.TiffRefusedError as exc:
+        problems.append(Problem(exc.kind, rel, exc.detail))
         return None
 
 
@@ -176,12 +195,25 @@ def _warn_gaps(slices: pd.DataFrame) -> None:
             log.warning("%s: slice numbers missing: %s", patient_id, missing[:10])
 
 
-def join_clinical(slices: pd.DataFrame, data_csv: Path) -> pd.DataFrame:
-    """Left-join the per-patient `data.csv` columns on case_id (its `Patient` column)."""
+def join_clinical(slices: pd.DataFrame, data_csv: Path, strict: bool = True) -> pd.DataFrame:
+    """Left-join the per-patient `data.csv` columns on case_id (its `Patient` column).
+
+    Rows pandas would take without a word (fields missing or extra, no patient ID, a patient twice with
+    other values) are refused when `strict`, else warned about: short rows keep empty cells, long rows are
+    skipped, and of a patient's differing rows the first is used."""
     if not data_csv.is_file():
         raise DatasetError(f"{data_csv}: data.csv is missing")
+    problems, long_lines = clinical_row_problems(data_csv)
+    if problems and strict:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DatasetError(f"{data_csv}: {len(problems)} malformed row(s): {shown}. Fix the file, or set "
+                           "data.index.strict: false to index with them (short rows left empty, long rows "
+                           "skipped, a patient's first row used)")
+    for problem in problems:
+        log.warning("%s: %s", data_csv, problem)
     try:
-        clinical = pd.read_csv(data_csv)
+        # index_col=False: a long first row must not turn the Patient column into the index
+        clinical = pd.read_csv(data_csv, skiprows=[line - 1 for line in long_lines], index_col=False)
     except Exception as exc:
         raise DatasetError(f"{data_csv}: cannot read data.csv: {exc}") from None
     if "Patient" not in clinical.columns:
@@ -191,3 +223,37 @@ def join_clinical(slices: pd.DataFrame, data_csv: Path) -> pd.DataFrame:
     if missing:
         log.warning("%s: no clinical row for %s", data_csv, ", ".join(missing))
     return slices.merge(clinical, on="case_id", how="left", validate="many_to_one")
+
+
+def clinical_row_problems(data_csv: Path) -> tuple[list[str], list[int]]:
+    """One 'line N (patient): what' per data.csv row with another number of fields than the header, without a
+    patient ID, or repeating a patient with other values (empty cells are normal: the real file has some);
+    and the line numbers of the rows with too many fields."""
+    problems: list[str] = []
+    long_lines: list[int] = []
+    with open(data_csv, newline="", encoding="utf-8-sig", errors="replace") as file:
+        reader = csv.reader(file)
+        header = next((row for row in reader if row), None)
+        if header is None or "Patient" not in header:
+            return problems, long_lines  # read_csv's own checks name these
+        patient_at = header.index("Patient")
+        first_seen: dict[str, tuple[int, list[str]]] = {}
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue  # blank lines: pandas skips them too
+            line = reader.line_num
+            patient = row[patient_at].strip() if len(row) > patient_at else ""
+            who = f"line {line} ({patient or 'no patient ID'})"
+            if len(row) != len(header):
+                problems.append(f"{who}: {len(row)} fields, the header has {len(header)}")
+                if len(row) > len(header):
+                    long_lines.append(line)
+            elif not patient:
+                problems.append(f"{who}: the Patient field is empty")
+            elif patient in first_seen and first_seen[patient][1] != row:
+                earlier_line, earlier = first_seen[patient]
+                differing = [name for name, a, b in zip(header, earlier, row) if a != b]
+                problems.append(f"{who}: patient listed again (line {earlier_line}) with other "
+                                f"{', '.join(differing[:4])}{' ...' if len(differing) > 4 else ''}")
+            first_seen.setdefault(patient, (line, row))
+    return problems, long_lines

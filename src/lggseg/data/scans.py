@@ -2,25 +2,31 @@
 in the data set's naming (`<case>_<n>.tif`, optional `<case>_<n>_mask.tif` beside each image).
 
 Everything is checked as it is read and a problem names its file: unreadable or truncated TIFFs,
-images that are not H x W x 3 uint8 (H x W grayscale is read as FLAIR, for FLAIR-only models).
+images that are not H x W x 3 uint8 (H x W grayscale is read as FLAIR, for FLAIR-only models), headers
+declaring more than a slice can be (lggseg.data.tiff_guard, before decoding), symbolic links that lead out
+of the input folder, and two files for one slice number (`_10.tif` and `_010.tif`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from lggseg.data import tiff_guard
 from lggseg.data.preprocess import FLAIR_CHANNEL
 
 TIF_SUFFIXES = (".tif", ".tiff")
 MASK_RE = re.compile(r"_mask$", re.IGNORECASE)
 NUMBER_RE = re.compile(r"_(\d+)$")
+MAX_PATIENT_DECODED_BYTES = 2**30
+"""Most bytes a patient's decoded slices and masks may take together (a Kaggle patient takes about 20 MB):
+each file is limited by tiff_guard, this bounds a folder of many large, valid files."""
 
 
 class ScanError(ValueError):
@@ -58,7 +64,18 @@ class PatientImages:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in TIF_SUFFIXES and not MASK_RE.search(path.stem)
+    return path.is_file() and is_image_name(path)
+
+
+def is_image_name(path: Path) -> bool:
+    """`<case>_<n>.tif` (or .tiff, any case), not a `_mask.tif`."""
+    return path.suffix.lower() in TIF_SUFFIXES and not MASK_RE.search(path.stem)
+
+
+def input_tree(input_path: Path) -> Path:
+    """The folder predict reads from, links resolved: INPUT itself, or the folder of a single slice."""
+    input_path = Path(input_path)
+    return (input_path.parent if input_path.is_file() else input_path).resolve()
 
 
 def find_patients(input_path: Path) -> tuple[list[PatientScan], bool]:
@@ -67,42 +84,70 @@ def find_patients(input_path: Path) -> tuple[list[PatientScan], bool]:
     input_path = Path(input_path)
     if not input_path.exists():
         raise ScanError(f"{input_path}: no such file or folder")
+    tree = input_tree(input_path)
     if input_path.is_file():
         if not is_image_file(input_path):
             raise ScanError(f"{input_path}: not a slice image (expected <case>_<n>.tif, not a _mask.tif)")
         case = input_path.parent.name if input_path.stem.startswith(input_path.parent.name + "_") else input_path.stem
-        return [PatientScan(case, input_path.parent, (_slice(input_path),))], False
-    own = _patient_slices(input_path)
+        return [PatientScan(case, input_path.parent, (_slice(input_path, tree),))], False
+    own = _patient_slices(input_path, tree)
     if own:
         return [PatientScan(input_path.name, input_path, own)], False
     patients = [PatientScan(d.name, d, slices) for d in sorted(p for p in input_path.iterdir() if p.is_dir())
-                if (slices := _patient_slices(d))]
+                if (slices := _patient_slices(d, tree))]
     if not patients:
         raise ScanError(f"{input_path}: no .tif slices in it or in its sub-folders (expected <case>_<n>.tif)")
     return patients, True
 
 
-def _patient_slices(folder: Path) -> tuple[ScanSlice, ...]:
-    images = [p for p in folder.iterdir() if is_image_file(p)]
-    slices = [_slice(p) for p in images]
+def _patient_slices(folder: Path, tree: Path) -> tuple[ScanSlice, ...]:
+    slices = [_slice(p, tree) for p in folder.iterdir() if is_image_name(p)]
+    _check_one_file_per_slice(folder, slices)
     # slice numbers sort as numbers: _10 comes after _9
     return tuple(sorted(slices, key=lambda s: (s.number is None, s.number or 0, s.image.name)))
 
 
-def _slice(image: Path) -> ScanSlice:
+def _check_one_file_per_slice(folder: Path, slices: list[ScanSlice]) -> None:
+    """`_10.tif` and `_010.tif` (or `_10.TIF`, `_10.tiff`) are both slice 10: which one is meant is a guess."""
+    by_number = defaultdict(list)
+    for item in slices:
+        if item.number is not None:
+            by_number[item.number].append(item.image.name)
+    clashes = {n: sorted(names) for n, names in sorted(by_number.items()) if len(names) > 1}
+    if clashes:
+        listing = "; ".join(f"slice {n}: {', '.join(names)}" for n, names in clashes.items())
+        raise ScanError(f"{folder}: more than one file for the same slice number ({listing}); keep one per slice")
+
+
+def _slice(image: Path, tree: Path) -> ScanSlice:
+    _check_readable_in_tree(image, tree)
     number = NUMBER_RE.search(image.stem)
-    mask = next((m for m in (image.with_name(f"{image.stem}_mask{s}") for s in TIF_SUFFIXES) if m.is_file()), None)
-    return ScanSlice(image, mask, int(number.group(1)) if number else None)
+    masks = [m for m in (image.with_name(f"{image.stem}_mask{s}") for s in TIF_SUFFIXES) if os.path.lexists(m)]
+    if len(masks) > 1:
+        raise ScanError(f"{image}: two masks for one slice ({', '.join(m.name for m in masks)}); keep one")
+    for mask in masks:
+        _check_readable_in_tree(mask, tree)
+    return ScanSlice(image, masks[0] if masks else None, int(number.group(1)) if number else None)
+
+
+def _check_readable_in_tree(path: Path, tree: Path) -> None:
+    """A slice or mask must be a regular file inside the input folder: a link out of it would read another
+    patient's (or anybody's) file as this one's, without a word."""
+    target = path.resolve()
+    if target != tree and tree not in target.parents:
+        raise ScanError(f"{path}: a symbolic link out of the input folder {tree} (to {target}): refused; "
+                        "copy the file into the folder if it belongs to this patient")
+    if not target.is_file():
+        raise ScanError(f"{path}: not a regular file (a dangling link, a folder, a FIFO or a device): refused")
 
 
 def read_tif(path: Path) -> tuple[np.ndarray, str]:
-    """(array, sha256 of the file) or ScanError naming the file."""
+    """(array, sha256 of the file) or ScanError naming the file; the header is checked before decoding."""
     try:
-        data = Path(path).read_bytes()
-        return tifffile.imread(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
-    except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as exc:
-        raise ScanError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {str(exc)[:200]}); "
-                        "the file is damaged or truncated") from None
+        data = tiff_guard.read_file_bytes(path)
+        return tiff_guard.read_tiff(data, path), hashlib.sha256(data).hexdigest()
+    except tiff_guard.TiffRefusedError as exc:
+        raise ScanError(str(exc)) from None
 
 
 def as_rgb_slice(image: np.ndarray, path: Path, flair_only: bool) -> tuple[np.ndarray, bool]:
@@ -134,14 +179,19 @@ def read_patient(scan: PatientScan, flair_only: bool) -> PatientImages:
     mask_problem = None if all(s.mask for s in scan.slices) else (
         f"masks for {sum(s.mask is not None for s in scan.slices)} of {len(scan.slices)} slices: Dice skipped"
         if any(s.mask for s in scan.slices) else "no ground-truth masks")
+    decoded_bytes = 0
     for item in scan.slices:
         image, digest = read_tif(item.image)
+        decoded_bytes += image.nbytes
+        _check_patient_size(scan, decoded_bytes)
         image, gray = as_rgb_slice(image, item.image, flair_only)
         grayscale |= gray
         images.append(image)
         hashes.append(digest)
         if item.mask is not None and mask_problem is None:
             mask, _ = read_tif(item.mask)
+            decoded_bytes += mask.nbytes
+            _check_patient_size(scan, decoded_bytes)
             mask = mask[..., 0] if mask.ndim == 3 else mask
             if mask.shape != image.shape[:2]:
                 mask_problem = (f"{item.mask.name}: mask {mask.shape[1]}x{mask.shape[0]} differs from its image "
@@ -153,3 +203,10 @@ def read_patient(scan: PatientScan, flair_only: bool) -> PatientImages:
     if mask_problem and mask_problem != "no ground-truth masks":
         notes.append(mask_problem)
     return PatientImages(images, None if mask_problem else masks, hashes, notes, grayscale)
+
+
+def _check_patient_size(scan: PatientScan, decoded_bytes: int) -> None:
+    if decoded_bytes > MAX_PATIENT_DECODED_BYTES:
+        raise ScanError(f"{scan.folder}: the slices of {scan.case} take more than "
+                        f"{MAX_PATIENT_DECODED_BYTES // 2**20} MiB decoded ({len(scan.slices)} slices); refused "
+                        "(split the folder, or predict fewer slices at a time)")
