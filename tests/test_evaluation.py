@@ -15,7 +15,7 @@ from lggseg.evaluation import (
 from lggseg.uncertainty import SEED
 from lggseg.tracking import Tracker
 
-from conftest import mlflow_client
+from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
 
 REQUIRED_METRICS = {
     "dice_patient_mean", "dice_patient_median", "dice_slice_mean", "dice_positive_slices_mean", "dice_pooled",
@@ -153,17 +153,21 @@ def test_registered_models_load_and_segment(trained_project):
             assert dice > 0.5, (uri, float(dice))
 
 
-def test_rerunning_evaluation_adds_versions(trained_project):
+def test_rerunning_evaluation_of_the_same_weights_reuses_their_versions(trained_project):
     paths, cfg = trained_project
     client = mlflow_client(paths)
     before = {int(v.version) for v in client.search_model_versions("name='lgg-unet'")}
+    champions = {v.version for v in client.search_model_versions("name='lgg-segmentation'")}
     pipeline.evaluate(cfg, paths, "unet")
     pipeline.compare(cfg, paths)
-    after = {int(v.version) for v in client.search_model_versions("name='lgg-unet'")}
-    assert after == before | {max(before) + 1}
-    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(after)
-    champions = client.search_model_versions("name='lgg-segmentation'")
-    assert len(champions) >= 2
+    assert {int(v.version) for v in client.search_model_versions("name='lgg-unet'")} == before
+    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(before)
+    assert {v.version for v in client.search_model_versions("name='lgg-segmentation'")} == champions
+    # other inference settings make another model (its inference.json differs): a new version
+    pipeline.evaluate(tiny_config(f"train.epochs={TRAINED_EPOCHS}", "evaluate.threshold=0.45"), paths, "unet")
+    assert {int(v.version) for v in client.search_model_versions("name='lgg-unet'")} == before | {max(before) + 1}
+    pipeline.evaluate(cfg, paths, "unet")  # back to the settings of the first: its version again
+    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(before)
 
 
 def _predictions(truth_area, pred_area, max_prob, size=64):

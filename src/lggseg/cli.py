@@ -14,9 +14,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to what matters
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from lggseg import __version__, pipeline  # noqa: E402
+from lggseg import __version__, pipeline, stop_signals  # noqa: E402
 from lggseg.config import ConfigError, load_config  # noqa: E402
 from lggseg.paths import Paths  # noqa: E402
+from lggseg.redaction import redact, redact_everything_printed  # noqa: E402
+from lggseg.stop_signals import stop_signals_as_interrupts  # noqa: E402
 
 STAGES = {
     "download": "get the raw data set into data/raw/kaggle_3m (data.source: auto|kaggle|local|synthetic)",
@@ -31,8 +33,15 @@ STAGES = {
 PER_ARCH = {"train", "evaluate"}
 
 
+class RedactingParser(argparse.ArgumentParser):
+    """argparse repeats a bad argument in its error (`unrecognized arguments: --set ...=http://u:pw@...`)."""
+
+    def error(self, message: str):
+        super().error(redact(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lggseg", description="Lower-grade glioma segmentation pipeline.")
+    parser = RedactingParser(prog="lggseg", description="Lower-grade glioma segmentation pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"lggseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,10 +123,22 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # credentials (a tracking URI's password, KAGGLE_KEY, ...) never reach a traceback, a log line or a warning
+    redact_everything_printed()
+    # SIGTERM (CI cancel, `timeout`, schedulers, `docker stop`) and SIGHUP stop a command as Ctrl-C does
+    with stop_signals_as_interrupts():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # a warning per HTTP retry of MLflow's: when the server stays away, its one-line error says it all
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # tifffile warns about each damaged tag of a damaged file; lggseg names the file in one line instead
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         if args.command == "synth":
             return _synth(args)
@@ -137,14 +158,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             stage(cfg, paths)
     except KeyboardInterrupt as exc:
-        # Ctrl-C: one line (the training says where it stopped), the shell's code for SIGINT
-        print(f"lggseg {args.command}: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        # Ctrl-C, SIGTERM, SIGHUP: one line (the stage says where it stopped), the shell's code 128 + signal
+        # (130, 143, 129). Under torchrun one process speaks: the launcher of `lggseg train`'s own launch
+        # (LGGSEG_TORCHRUN set in its workers), else rank 0
+        if os.environ.get("RANK", "0") == "0" and os.environ.get("LGGSEG_TORCHRUN") != "1":
+            print(redact(f"lggseg {args.command}: {exc or 'interrupted'}"), file=sys.stderr)
+        return stop_signals.exit_code(exc)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # errors are raised where found, with the file or key named; reported once, here
         if args.verbose:
             raise
-        print(f"lggseg {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"lggseg {args.command}: error: {exc}"), file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # a full disk met where no writer of ours turned it into a DiskSpaceError (a library's own files,
+        # MLflow's sqlite store): still one line, naming the file and what is left
+        from lggseg.diskspace import is_disk_full, no_space_left_text
+
+        if args.verbose or not is_disk_full(exc):
+            raise
+        where = getattr(args, "out", None) or getattr(args, "root", None)  # when the error names no file
+        print(redact(f"lggseg {args.command}: error: {no_space_left_text(exc, where)}"), file=sys.stderr)
         return 1
     return 0
 

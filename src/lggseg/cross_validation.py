@@ -14,6 +14,7 @@ from the main pipeline's train/val/test split.
 from __future__ import annotations
 
 import io
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 from lggseg.atomic import staged_dir
 from lggseg.config import Config
 from lggseg.experiments import dvc_experiments, run_dvc
+from lggseg.stop_signals import StopRequested, signal_name, stop_signal_of
 from lggseg.uncertainty import mean_interval, median_interval, paired_comparison
 
 FOLD_SETTINGS = ("mlflow.register=false",)  # CV measures; the registry's champion is the main pipeline's
@@ -240,13 +242,29 @@ def log_to_mlflow(cfg: Config, root: Path, group: str, folds: int, out_dir: Path
             if row[key] is not None and not pd.isna(row[key]):
                 metrics[f"oof_{row['architecture']}_{key}"] = float(row[key])
     tracker.log_metrics(run_id, metrics)
-    tracker.log_artifacts(run_id, sorted(out_dir.iterdir()), artifact_path="cv")
-    client = tracker.client
-    for fold, name in enumerate(fold_names(group, folds)):
-        for run in client.search_runs([tracker.experiment_id], filter_string=f"tags.dvc_exp_name = '{name}'"):
-            tracker.set_tags(run.info.run_id, {"mlflow.parentRunId": run_id, "cv_group": group, "cv_fold": str(fold)})
+    try:
+        tracker.log_artifacts(run_id, sorted(out_dir.iterdir()), artifact_path="cv")
+        client = tracker.client
+        for fold, name in enumerate(fold_names(group, folds)):
+            for run in client.search_runs([tracker.experiment_id], filter_string=f"tags.dvc_exp_name = '{name}'"):
+                tracker.set_tags(run.info.run_id, {"mlflow.parentRunId": run_id, "cv_group": group, "cv_fold": str(fold)})
+    except KeyboardInterrupt as exc:
+        tracker.end_run(run_id, status="KILLED")  # not left RUNNING; `lggseg cv --report-only` logs a new one
+        raise StopRequested(stop_signal_of(exc), f"stopped while logging the report to MLflow (run {run_id} marked "
+                                                 f"KILLED); reports/cv/ is written: `lggseg cv --name {group} "
+                                                 "--report-only` logs it again") from None
     tracker.end_run(run_id)
     return run_id
+
+
+def _stopped_message(exc: BaseException, group: str) -> str:
+    """Where `lggseg cv` stood when a stop signal came: the queue's workers are processes of their own and go on."""
+    signum = stop_signal_of(exc)
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+    return (f"{how} while queuing or waiting for the folds of {group}: folds already queued go on in the DVC "
+            "queue (see `dvc queue status`; stop them with `dvc queue kill <name>`); reports/cv/ is unchanged. When "
+            f"they are done, `lggseg cv --name {group} --report-only` writes the report; `lggseg cv` again re-queues "
+            "them all")
 
 
 def run_cross_validation(root: Path, params: Path, group: str, folds: int, jobs: int, settings: Sequence[str],
@@ -259,10 +277,13 @@ def run_cross_validation(root: Path, params: Path, group: str, folds: int, jobs:
     cfg = load_config(params, [*settings, f"split.folds={folds}", "split.fold=0"])  # checked before any work
     names = fold_names(group, folds)
     if not report_only:
-        queue_folds(root, group, folds, settings)
-        print(f"queued {', '.join(names)}; running them with `dvc queue start -j {jobs}` "
-              "(progress: `dvc queue status`, output: `dvc queue logs <name>`)", flush=True)
-        run_queue(root, names, jobs)
+        try:
+            queue_folds(root, group, folds, settings)
+            print(f"queued {', '.join(names)}; running them with `dvc queue start -j {jobs}` "
+                  "(progress: `dvc queue status`, output: `dvc queue logs <name>`)", flush=True)
+            run_queue(root, names, jobs)
+        except KeyboardInterrupt as exc:
+            raise StopRequested(stop_signal_of(exc), _stopped_message(exc, group)) from None
     oof = out_of_fold(collect_folds(root, names, cfg.model.architectures))
     out_dir = root / "reports" / "cv"
     written = write_report(out_dir, group, folds, oof, settings)

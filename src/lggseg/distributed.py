@@ -56,8 +56,11 @@ def processes(nproc: int | str, device: str) -> int:
 def launch(nproc: int, cli_args: Sequence[str]) -> None:
     """Run `lggseg <cli_args>` as `nproc` workers, as `torchrun --standalone --nproc_per_node N` does (its own
     argument parser and launcher, in this process), and wait; a failed worker raises RuntimeError."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    from lggseg.stop_signals import StopRequested
 
     torchrun = ["--standalone", f"--nproc_per_node={nproc}", "-m", "lggseg.cli", *cli_args]
     print(f"training with {nproc} processes: torchrun {' '.join(torchrun)}", flush=True)
@@ -70,6 +73,11 @@ def launch(nproc: int, cli_args: Sequence[str]) -> None:
         codes = sorted({f.exitcode for f in exc.failures.values()})
         raise RuntimeError(f"torchrun with {nproc} processes failed (worker exit code {', '.join(map(str, codes))}); "
                            "each worker's error is above") from None
+    except SignalException as exc:
+        # torchrun's agent catches SIGTERM/SIGINT/SIGHUP itself, sends it on to the workers (rank 0 marks the run
+        # KILLED, last.pt keeps the last completed epoch) and kills what is left after its shutdown timeout
+        raise StopRequested(exc.sigval, f"training with {nproc} processes stopped by {exc.sigval.name} (sent on to "
+                                        "the workers); resume with train.resume=true") from None
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)

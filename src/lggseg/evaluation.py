@@ -33,7 +33,9 @@ from lggseg.metrics import (
 )
 from lggseg.models import load_checkpoint
 from lggseg.paths import Paths
-from lggseg.tracking import Tracker, TrackingError, git_state, read_run_pointer
+from lggseg.tracking import (
+    WEIGHTS_TAG, Tracker, TrackingError, git_state, read_run_pointer, resolve_tracking_uri, weights_sha256,
+)
 from lggseg.training import processed_manifest
 from lggseg.uncertainty import mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
 
@@ -151,8 +153,12 @@ def choose_postprocess(val: SplitPredictions, cfg: Config) -> tuple[bool, str]:
 def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     """Test-split metrics, per-patient table, ROC, figures; logged into the training run; model registered."""
     model_dir, report_dir = paths.model_dir(arch), paths.report_dir(arch)
+    if not (model_dir / "train_summary.json").is_file():  # written last by a training that finished
+        raise FileNotFoundError(f"{model_dir / 'train_summary.json'}: the training of {arch} did not finish "
+                                "(stopped or killed): resume it with train.resume=true, then evaluate")
     tracker, run_id = _training_run(cfg, paths, arch)  # before anything is computed or written
     model, checkpoint = load_checkpoint(model_dir / "best.pt")
+    weights = weights_sha256(model_dir / "best.pt")  # what the registry must hold for these numbers
     train_summary = json.loads((model_dir / "train_summary.json").read_text())
     runtime = inference_runtime(cfg.train.device, cfg.evaluate.precision)
     fast_model = prepare_for_inference(model, runtime)
@@ -192,7 +198,7 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     if tracker is None:
         write_json(report_dir / "mlflow_model.json", {"run_id": None, "registered": False})
     else:
-        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary)
+        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary, weights)
     return metrics
 
 
@@ -256,6 +262,7 @@ def _training_run(cfg: Config, paths: Paths, arch: str) -> tuple[Tracker | None,
             raise
         log.warning("MLflow run %s (from %s) is not in the store: evaluating without MLflow", run_id, pointer)
         return None, None
+    tracker.end_interrupted_run(pointer, "evaluated")  # a killed evaluate left it RUNNING
     return tracker, run_id
 
 
@@ -310,7 +317,8 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
 
 
 def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
-                   settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict) -> None:
+                   settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict,
+                   weights: str) -> None:
     report_dir = paths.report_dir(arch)
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not k.startswith(NOT_TEST_METRICS)},
                         prefix="test_")
@@ -324,17 +332,64 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False}
     if cfg.mlflow.register:
-        model_uri = tracker.log_model(run_id, model.cpu().eval(), paths.model_dir(arch) / "best.pt",
-                                      report_dir / "inference.json", settings.to_dict())
+        name = f"lgg-{arch}"
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
                 "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
-                "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id}
-        version = tracker.register(model_uri, f"lgg-{arch}", "candidate", tags)
-        print(f"registered lgg-{arch} version {version} (@candidate)")
-        record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": f"lgg-{arch}",
+                "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id, WEIGHTS_TAG: weights}
+        existing = registered_version_of(tracker, name, weights, run_id, settings.to_dict())
+        if existing is None:
+            model_uri = tracker.log_model(run_id, model.cpu().eval(), paths.model_dir(arch) / "best.pt",
+                                          report_dir / "inference.json", settings.to_dict(), weights)
+            version = tracker.register(model_uri, name, "candidate", tags)
+            print(f"registered {name} version {version} (@candidate)")
+        else:  # an earlier evaluate of this checkpoint registered it, and was stopped before it finished
+            model_uri, version = existing.source, existing.version
+            tracker.move_alias(name, "candidate", version, tags)
+            print(f"{name} version {version} already holds these weights (sha256 {weights[:12]}...): @candidate on it")
+        record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": name,
                   "version": version, "alias": "candidate"}
     tracker.end_run(run_id)
     write_json(report_dir / "mlflow_model.json", record)
+
+
+def registered_version_of(tracker: Tracker, name: str, weights: str, run_id: str, settings: dict):
+    """The newest version of `name` that this run registered from these weights (`best.pt`'s SHA-256) with these
+    inference settings, its artifact checked byte for byte; None when there is none to reuse."""
+    settings = json.loads(json.dumps(settings))  # as inference.json holds them (lists, not tuples)
+    for version in tracker.versions_holding(name, weights, run_id=run_id):
+        try:
+            held, held_settings = tracker.registered_files(version)
+        except ValueError as exc:  # its artifact is incomplete: register anew rather than reuse it
+            log.warning("%s version %s is not reused: %s", name, version.version, exc)
+            continue
+        if held == weights and held_settings == settings:
+            return version
+        if held != weights:
+            log.warning("%s version %s is tagged %s=%s but its best.pt has sha256 %s: not reused",
+                        name, version.version, WEIGHTS_TAG, weights, held)
+    return None
+
+
+def check_registered_weights(tracker: Tracker, version, checkpoint: Path, what: str, todo: str) -> str:
+    """The SHA-256 `version`'s artifact holds, which must be `checkpoint`'s and its own tag's; else ValueError
+    naming both hashes and `todo`."""
+    evaluated = weights_sha256(checkpoint)
+    held, _ = tracker.registered_files(version)
+    where = f"{version.name} version {version.version} ({what})"
+    if held != evaluated:
+        raise ValueError(f"{checkpoint} has weights sha256 {evaluated}, but {where} holds weights sha256 {held}: "
+                         f"not the evaluated model; {todo}")
+    tagged = version.tags.get(WEIGHTS_TAG)
+    if tagged != held:
+        said = f"is tagged {WEIGHTS_TAG}={tagged}" if tagged else f"has no {WEIGHTS_TAG} tag (an older lggseg registered it)"
+        raise ValueError(f"{where} {said} but holds weights sha256 {held} ({checkpoint}'s): its tags cannot be "
+                         f"trusted; {todo}")
+    return held
+
+
+def _redo_evaluate(arch: str) -> str:
+    return (f"re-run evaluate for {arch} (lggseg evaluate --arch {arch}, or dvc repro -f evaluate@{arch}), "
+            "then compare")
 
 
 def choose_champion(table: pd.DataFrame) -> str:
@@ -351,21 +406,35 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
             raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
         metrics = json.loads(metrics_path.read_text())
         shown = [key for k in reports.COMPARISON_METRICS for key in (k, f"{k}_ci_low", f"{k}_ci_high")]
-        rows.append({"architecture": arch, **{k: metrics[k] for k in shown if k in metrics}})
+        # write_json writes a NaN metric (e.g. the AUC of a one-class split) as null: a number again here
+        rows.append({"architecture": arch, **{k: math.nan if metrics[k] is None else metrics[k]
+                                              for k in shown if k in metrics}})
         records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
     table = reports.comparison_table(rows)
     champion = choose_champion(table)
+    record = records[champion]
+    register = cfg.mlflow.register and record.get("registered")
+    if register:  # before anything is written: only the evaluated weights may become champion
+        tracker = Tracker(cfg.mlflow, paths.root)
+        candidate = tracker.resolve_registered(f"models:/{record['registered_model']}/{record['version']}")
+        weights = check_registered_weights(
+            tracker, candidate, paths.model_dir(champion) / "best.pt",
+            f"named by {paths.report_dir(champion) / 'mlflow_model.json'}", _redo_evaluate(champion))
     paired = paired_comparisons(paths, champion, list(cfg.model.architectures))
     written = reports.write_comparison(table, paths.reports, champion=champion, paired=paired)
-    record = records[champion]
-    if cfg.mlflow.register and record.get("registered"):
-        tracker = Tracker(cfg.mlflow, paths.root)
-        version = tracker.register(record["model_uri"], CHAMPION_MODEL, "champion", {
-            "architecture": champion, "source_model": f"{record['registered_model']}/{record['version']}",
-            "val_dice_patient": f"{table.set_index('architecture').loc[champion, 'val_dice_patient']:.4f}",
-            **git_state(paths.root),
-        })
-        print(f"registered {CHAMPION_MODEL} version {version} (@champion) = {champion}")
+    if register:
+        source = f"{record['registered_model']}/{record['version']}"
+        tags = {"architecture": champion, "source_model": source, WEIGHTS_TAG: weights,
+                "val_dice_patient": f"{table.set_index('architecture').loc[champion, 'val_dice_patient']:.4f}",
+                **git_state(paths.root)}
+        same = [v for v in tracker.versions_holding(CHAMPION_MODEL, weights, source_model=source)
+                if v.source == candidate.source]  # the same logged model: nothing new to register
+        if same:
+            version = same[0].version
+            tracker.move_alias(CHAMPION_MODEL, "champion", version, tags)
+        else:
+            version = tracker.register(record["model_uri"], CHAMPION_MODEL, "champion", tags)
+        print(f"{'registered' if not same else 'kept'} {CHAMPION_MODEL} version {version} (@champion) = {champion}")
     return {"table": table, "champion": champion, "markdown": written["markdown"]}
 
 
@@ -386,6 +455,7 @@ def check_champion(cfg: Config, paths: Paths) -> dict:
     if not comparison_path.is_file():
         raise FileNotFoundError(f"{comparison_path} is missing (run the compare stage, or dvc pull)")
     champion = choose_champion(pd.read_csv(comparison_path))
+    registry = check_registry_champion(cfg, paths, champion)
     model, _ = load_checkpoint(paths.model_dir(champion) / "best.pt")
     runtime = inference_runtime(cfg.train.device, cfg.evaluate.precision)
     test = predict_split(prepare_for_inference(model, runtime), paths, "test", cfg, runtime)
@@ -394,4 +464,26 @@ def check_champion(cfg: Config, paths: Paths) -> dict:
     if not math.isclose(dice, recorded, abs_tol=1e-4):
         raise ValueError(f"champion {champion}: models/{champion}/best.pt gives test per-patient Dice {dice:.4f}, "
                          f"but {paths.report_dir(champion) / 'metrics.json'} records {recorded:.4f}")
-    return {"architecture": champion, "dice_patient_mean": dice, "slices": len(test.pred)}
+    return {"architecture": champion, "dice_patient_mean": dice, "slices": len(test.pred), "registry": registry}
+
+
+def check_registry_champion(cfg: Config, paths: Paths, champion: str) -> str:
+    """The registry's `@champion` must hold exactly models/<champion>/best.pt, the file check-champion scores
+    (its artifact's bytes hashed, not only its tag). Returns what was checked, or why nothing could be: no
+    store where one is looked for (a clone that only pulled files), or no MLflow in the run."""
+    uri = resolve_tracking_uri(cfg.mlflow, paths.root)
+    record_path = paths.report_dir(champion) / "mlflow_model.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if not cfg.mlflow.register or not record.get("registered"):
+        return f"registry not checked: {champion} was evaluated without registering (mlflow.register, {record_path})"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return f"registry not checked: no MLflow store at {uri.removeprefix('sqlite:///')}"
+    tracker = Tracker(cfg.mlflow, paths.root, read_only=True)
+    version = tracker.resolve_registered(f"models:/{CHAMPION_MODEL}@champion")
+    where = f"{CHAMPION_MODEL} version {version.version}"
+    if version.tags.get("architecture") != champion:
+        raise ValueError(f"{where} (@champion) is {version.tags.get('architecture')}, but {paths.reports / 'comparison.csv'} "
+                         f"makes {champion} the champion: re-run compare")
+    held = check_registered_weights(tracker, version, paths.model_dir(champion) / "best.pt", "@champion",
+                                    f"{_redo_evaluate(champion)} to register the weights that were scored")
+    return f"registry {where} (@champion) holds these weights (sha256 {held[:12]}...)"

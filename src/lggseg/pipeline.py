@@ -132,3 +132,4 @@ def check_champion(cfg: Config, paths: Paths) -> None:
     result = check(cfg, paths)
     print(f"champion {result['architecture']}: reloaded from its checkpoint, {result['slices']} test slices, "
           f"per-patient Dice {result['dice_patient_mean']:.4f} as recorded")
+    print(result["registry"])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -16,11 +19,15 @@ import numpy as np
 
 from lggseg.atomic import write_json
 from lggseg.config import Config, MlflowConfig, changed_params, committed_config, param_text
+from lggseg.redaction import redact
 
 log = logging.getLogger(__name__)
 
 DVC_TEMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 MODEL_PIP_REQUIREMENTS = ["torch", "segmentation-models-pytorch"]
+# a registered version's tag (and its logged model's metadata): the SHA-256 of the best.pt it was logged from,
+# so the registry can be checked to hold exactly the weights that were evaluated
+WEIGHTS_TAG = "weights_sha256"
 EXPERIMENT_TAGS = {
     # MLflow 3's UI opens an experiment of unknown kind on its GenAI pages (traces); this opens "Training runs"
     "mlflow.experimentKind": "custom_model_development",
@@ -35,6 +42,38 @@ EXPERIMENT_TAGS = {
 
 class TrackingError(RuntimeError):
     """The tracking server or store cannot be reached or used."""
+
+
+# MLflow's own HTTP settings retry a request for minutes (7 retries, back-off factor 2, 120 s per attempt).
+# lggseg derives them from mlflow.server_timeout_s instead; values set in the environment before lggseg
+# started win.
+HTTP_WAIT_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+_HTTP_WAIT_SET_BY_USER = frozenset(k for k in HTTP_WAIT_ENV if k in os.environ)
+
+
+def http_wait_settings(timeout_s: int) -> dict[str, str]:
+    """MLflow HTTP settings under which one request gives up on a server within `timeout_s` seconds: about
+    half of it in back-off between retries (urllib3 sleeps 0, 2, 4, 8 ... s, so a restarting server is waited
+    for), the rest in the attempts themselves (each waits its share for an answer; MLflow takes whole seconds)."""
+    retries = max(1, int(math.log2(timeout_s / 2 + 2)))
+    backoff = 2**retries - 2
+    per_attempt = max(1, (timeout_s - backoff) // (retries + 1))
+    return {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(per_attempt), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+
+
+def bound_http_waits(timeout_s: int) -> None:
+    """Apply http_wait_settings (MLflow reads them at every request), except what the user's environment set."""
+    for key, value in http_wait_settings(timeout_s).items():
+        if key not in _HTTP_WAIT_SET_BY_USER:
+            os.environ[key] = value
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a checkpoint file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def project_root(start: Path) -> Path:
@@ -91,7 +130,7 @@ def params_changed_tag(cfg: Config, root: Path) -> dict[str, str]:
         return {}
     changed = changed_params(cfg, base)
     text = " ".join(f"{k}={param_text(v)}" for k, v in changed.items())
-    return {"params_changed": text[:5000] or "-"}
+    return {"params_changed": redact(text)[:5000] or "-"}
 
 
 class Tracker:
@@ -110,6 +149,7 @@ class Tracker:
         # MLflow prints "View run ... at: <server URI>" whenever a run on a server ends, credentials and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         if self.uri.startswith(("http://", "https://")):
+            bound_http_waits(cfg.server_timeout_s)
             self._check_server()
         if read_only and self.uri.startswith("sqlite:///") and not self._sqlite_database().is_file():
             raise TrackingError(f"no MLflow store at {self._sqlite_database()}: run the pipeline first (dvc repro), "
@@ -146,10 +186,12 @@ class Tracker:
             raise
         except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
             raise TrackingError(
-                f"cannot {doing} the MLflow tracking store {_redact(self.uri)} (experiment {self.cfg.experiment!r}): "
-                f"{type(exc).__name__}: {_redact(str(exc)).splitlines()[0][:300] if str(exc) else ''}. "
-                "Check the store (a damaged mlruns/mlflow.db can be moved aside to start a new one) or "
-                "MLFLOW_TRACKING_URI / mlflow.tracking_uri."
+                f"cannot {doing} the MLflow tracking store {redact(self.uri)} (experiment {self.cfg.experiment!r}): "
+                f"{type(exc).__name__}: {redact(str(exc)).splitlines()[0][:300] if str(exc) else ''}. "
+                + (f"Is the server up? (waited up to mlflow.server_timeout_s={self.cfg.server_timeout_s} s)"
+                   if self.uri.startswith(("http://", "https://")) else
+                   "Check the store (a damaged mlruns/mlflow.db can be moved aside to start a new one) or "
+                   "MLFLOW_TRACKING_URI / mlflow.tracking_uri.")
             ) from None
 
     def require_run(self, run_id: str, pointer: Path) -> None:
@@ -164,7 +206,7 @@ class Tracker:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
         raise TrackingError(
-            f"{pointer} points at MLflow run {run_id}, which the tracking store {_redact(self.uri)} does not have "
+            f"{pointer} points at MLflow run {run_id}, which the tracking store {redact(self.uri)} does not have "
             "(a different or re-created store?). Re-train (dvc repro -f train@<arch>, or lggseg train), point "
             "MLFLOW_TRACKING_URI at the store that has the run, or set mlflow.register: false to evaluate "
             "without MLflow."
@@ -196,7 +238,7 @@ class Tracker:
             requests.get(self.uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
         except requests.RequestException as exc:
             raise TrackingError(
-                f"MLflow tracking server {_redact(self.uri)} is not reachable ({type(exc).__name__}); "
+                f"MLflow tracking server {redact(self.uri)} is not reachable ({type(exc).__name__}); "
                 "start it, fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or unset them to use the local store."
             ) from None
 
@@ -204,11 +246,15 @@ class Tracker:
 
     def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], run_id: str | None = None) -> str:
         """A new run (or the existing `run_id`, when resuming) with params and tags logged."""
+        with self._store_guard("start a run in"):
+            return self._start_run(name, params, tags, run_id)
+
+    def _start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], run_id: str | None) -> str:
         if run_id is not None:
             try:
                 logged = self.client.get_run(run_id).data.params
             except Exception:
-                log.warning("MLflow run %s not found in %s; starting a new one", run_id, _redact(self.uri))
+                log.warning("MLflow run %s not found in %s; starting a new one", run_id, redact(self.uri))
             else:
                 # params are immutable in MLflow: a resumed run records what changed as `resumed.<key>` tags
                 changed = {f"resumed.{k}": _param_value(v) for k, v in params.items()
@@ -216,6 +262,8 @@ class Tracker:
                 self.client.update_run(run_id, status="RUNNING")
                 self.set_tags(run_id, {**tags, **changed})
                 return run_id
+        # every param and tag passes through redact: anyone with API access reads them
+        tags = {k: redact(str(v)) for k, v in tags.items()}
         run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -224,14 +272,16 @@ class Tracker:
         from mlflow.entities import Param
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        with self._store_guard("log params to"):
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i : i + 100])
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            with self._store_guard("set tags in"):
+                self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
         """Numeric metrics (non-numbers are skipped). NaN and inf are logged as what they are: a diverging
@@ -242,7 +292,8 @@ class Tracker:
         items = [Metric(prefix + key, float(value), now, step or 0) for key, value in metrics.items()
                  if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))]
         if items:
-            self.client.log_batch(run_id, metrics=items)
+            with self._store_guard("log metrics to"):
+                self.client.log_batch(run_id, metrics=items)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:
@@ -253,18 +304,20 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        with self._store_guard(f"mark the run {status} in"):
+            self.client.set_terminated(run_id, status=status)
 
     # models ---------------------------------------------------------------------------------------
 
     def log_model(self, run_id: str, model, checkpoint: Path, settings_file: Path, settings: dict,
-                  name: str = "model") -> str:
+                  checkpoint_sha256: str, name: str = "model") -> str:
         """Log a torch model into the run without pickle; returns its `models:/<model_id>` URI.
 
         The network is saved with torch.export (`pt2`: a graph and raw tensors, loadable by
         `mlflow.pytorch.load_model` / `mlflow.pyfunc.load_model`, batch size free). `lggseg predict` reads
         `extra_files/`: the weights-only checkpoint and the inference settings (preprocessing, threshold,
-        post-processing), which are also the model's metadata (`lggseg`) in the MLmodel file."""
+        post-processing), which are also the model's metadata (`lggseg`) in the MLmodel file.
+        `checkpoint_sha256`: the hash of `checkpoint` as the caller evaluated it, in the metadata and a tag."""
         import torch
         from mlflow.models import infer_signature
 
@@ -275,9 +328,13 @@ class Tracker:
         with self._fluent(), self._mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
             info = self._mlflow.pytorch.log_model(
                 model, name=name, input_example=example, signature=infer_signature(example, output),
-                serialization_format="pt2", pip_requirements=MODEL_PIP_REQUIREMENTS, metadata={"lggseg": settings},
+                serialization_format="pt2", pip_requirements=MODEL_PIP_REQUIREMENTS,
+                metadata={"lggseg": settings, WEIGHTS_TAG: checkpoint_sha256}, tags={WEIGHTS_TAG: checkpoint_sha256},
                 extra_files=[str(checkpoint), str(settings_file)],
             )
+        if weights_sha256(checkpoint) != checkpoint_sha256:  # the file was replaced while it was evaluated
+            raise ValueError(f"{checkpoint} changed while it was evaluated (sha256 {checkpoint_sha256} when read, "
+                             f"{weights_sha256(checkpoint)} now): re-run evaluate")
         # start_run(run_id=...) ends the run on exit: put the status back to what the stage decides
         self.client.update_run(run_id, status="RUNNING")
         return info.model_uri
@@ -288,6 +345,58 @@ class Tracker:
             version = self._mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
         self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
+
+    def move_alias(self, name: str, alias: str, version: str, tags: Mapping[str, str]) -> None:
+        """Point `alias` of registered model `name` at an existing `version`, updating its `tags`."""
+        with self._store_guard("update"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, str(value))
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def versions_holding(self, name: str, checkpoint_sha256: str, **tags: str) -> list:
+        """READY versions of registered model `name` tagged with these weights (and `tags`), newest first; by
+        tag only: check what they really hold with `registered_files`."""
+        query = f"name='{name}' and tags.{WEIGHTS_TAG}='{checkpoint_sha256}'"
+        query += "".join(f" and tags.{key}='{value}'" for key, value in tags.items())
+        with self._store_guard("read"):
+            found = self.client.search_model_versions(query)
+        return sorted((v for v in found if v.status == "READY"), key=lambda v: int(v.version), reverse=True)
+
+    def registered_files(self, version) -> tuple[str, dict]:
+        """(SHA-256 of the best.pt, inference settings) a registered version's logged model really holds:
+        read from its artifact's bytes, because a tag alone can lie."""
+        with tempfile.TemporaryDirectory(prefix="lggseg-registered-") as tmp:
+            folder = self.download_model_files(version, Path(tmp), f"models:/{version.name}/{version.version}")
+            return weights_sha256(folder / "best.pt"), json.loads((folder / "inference.json").read_text())
+
+    def end_interrupted_run(self, pointer: Path, doing: str, resuming: str | None = None) -> str | None:
+        """End the run `pointer` (models/<arch>/mlflow_run.json) names if it is still RUNNING: the caller holds
+        that model folder's lock (lggseg.locks), so no live process writes that run; a killed one left it so.
+        `resuming`: the run this process continues, left as it is. Returns the id of the run it ended."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run_id = read_run_pointer(pointer)["run_id"]
+        except (FileNotFoundError, ValueError, KeyError):  # none, or damaged: it names no run to end
+            return None
+        if run_id == resuming:
+            return None
+        with self._store_guard("update"):
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                return None  # another store's run: nothing of this store to end
+            if run.info.status != "RUNNING":
+                return None
+            folder = os.path.relpath(Path(pointer).parent, self.root)
+            self.set_tags(run_id, {"interrupted": (
+                f"left RUNNING by a process killed while it wrote {folder}; ended as KILLED when {folder} was next "
+                f"{doing} (process {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})")})
+            self.client.set_terminated(run_id, status="KILLED")
+        log.warning("MLflow run %s of %s was left RUNNING by a killed process: marked KILLED", run_id, folder)
+        return run_id
 
     def load_model(self, model_uri: str, device: str = "cpu"):
         """Load a logged or registered model (`models:/lgg-segmentation@champion`, `models:/lgg-unet/1`) as
@@ -313,7 +422,7 @@ class Tracker:
             except MlflowException as exc:
                 if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                     raise
-        raise ValueError(f"model {model_uri!r} is not in the registry at {_redact(self.uri)}. {self.registry_listing()}")
+        raise ValueError(f"model {model_uri!r} is not in the registry at {redact(self.uri)}. {self.registry_listing()}")
 
     def registry_listing(self) -> str:
         """`Registered: lgg-unet (versions 1, 2; @candidate=2), ...`, or that there are none."""
@@ -372,17 +481,12 @@ class Tracker:
 
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:6000]
-
-
-def _redact(text: str) -> str:
-    """Hide `user:password@` in URIs so credentials never reach logs or errors."""
-    return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
+    return redact(text)[:6000]
 
 
 def save_run_pointer(path: Path, run_id: str, tracking_uri: str, experiment: str) -> Path:
     """`models/<arch>/mlflow_run.json`: how evaluation finds the training run."""
-    return write_json(path, {"run_id": run_id, "tracking_uri": _redact(tracking_uri), "experiment": experiment})
+    return write_json(path, {"run_id": run_id, "tracking_uri": redact(tracking_uri), "experiment": experiment})
 
 
 def read_run_pointer(path: Path) -> dict[str, str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -17,10 +19,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from lggseg.atomic import write_csv, write_json
-from lggseg.config import Config, TrainConfig
+from lggseg.config import Config, TrainConfig, param_text
 from lggseg.data.augment import build_augmentation
 from lggseg.data.dataset import SliceDataset, seed_worker
 from lggseg.data.split import check_no_leak
+from lggseg.diskspace import DiskSpaceError
 from lggseg import distributed
 from lggseg.devices import Runtime, resolve_device, resolve_runtime, seed_everything
 from lggseg.distributed import Group, ShardSampler
@@ -29,7 +32,9 @@ from lggseg.metrics import SliceCountAccumulator, segmentation_summary
 from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from lggseg.paths import Paths
 from lggseg.sampling import TumorSampler
-from lggseg.tracking import Tracker, environment_tags, git_state, params_changed_tag, run_name, save_run_pointer
+from lggseg.stop_signals import StopRequested, signal_name, stop_quietly_in_loader_worker, stop_signal_of
+from lggseg.tracking import (Tracker, TrackingError, environment_tags, git_state, params_changed_tag, run_name,
+                             save_run_pointer)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,19 @@ HISTORY_COLUMNS = [
 ]
 LOSS_CHECK_EVERY = 25  # batches between host syncs of the running loss (progress bar, divergence check)
 ONECYCLE_WARMUP = 0.3  # share of the steps train.scheduler=onecycle spends warming up (torch's default)
+
+# What shapes a run: these sections of params (which data and patients, its preprocessing, the augmentation, the
+# model, the optimisation), plus the data/processed fingerprint and the number of processes. last.pt records
+# them; train.resume=true refuses to continue under any other value, except for the keys below.
+RESUME_SECTIONS = ("data", "split", "preprocess", "augment", "model", "train")
+RESUME_MAY_CHANGE = frozenset({
+    "train.resume",
+    "train.epochs",  # continue for more (or fewer) epochs; not when the schedule is planned over them (cosine, onecycle)
+    "train.early_stopping_patience",  # when to stop, not what is learned
+    # where and how fast it runs, not what it computes (train.processes, the resolved count, must match)
+    "train.device", "train.num_workers", "train.pin_memory", "train.compile", "train.memory_format", "train.nproc",
+    "model.architectures",  # the list for the pipeline; the architecture trained is checked through the model spec
+})
 
 
 @dataclass
@@ -67,8 +85,12 @@ class TrainingState:
         return patience > 0 and self.epochs_without_improvement >= patience
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says where it stopped and how to resume."""
+class TrainingInterrupted(StopRequested):
+    """Ctrl-C, SIGTERM or SIGHUP during training; the message says where it stopped and how to resume."""
+
+
+class ResumeMismatch(ValueError):
+    """train.resume=true with settings that differ from what last.pt was trained with."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,7 +145,7 @@ def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.G
     if len(val_set) == 0:
         raise ValueError("the val split is empty: model selection needs validation patients (split.val_fraction > 0)")
     common = dict(
-        num_workers=cfg.train.num_workers, worker_init_fn=seed_worker, persistent_workers=cfg.train.num_workers > 0,
+        num_workers=cfg.train.num_workers, worker_init_fn=_init_loader_worker, persistent_workers=cfg.train.num_workers > 0,
         **runtime.loader_options(),
     )
     drop_last = len(train_set) > cfg.train.batch_size * group.world_size
@@ -141,6 +163,12 @@ def make_loaders(cfg: Config, paths: Paths, runtime: Runtime, generator: torch.G
     val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size, sampler=ShardSampler(len(val_set), group),
                             **common)
     return train_loader, val_loader
+
+
+def _init_loader_worker(worker_id: int) -> None:
+    """worker_init_fn: seeded as seed_worker does; a stop signal to the process group ends it quietly."""
+    seed_worker(worker_id)
+    stop_quietly_in_loader_worker()
 
 
 def training_runtime(tcfg: TrainConfig) -> tuple[Runtime, Group]:
@@ -180,13 +208,16 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
     train_loader, val_loader = make_loaders(cfg, paths, runtime, generator, group)
 
     state = TrainingState(history=[])
+    settings = run_settings(cfg, manifest, group)
     if tcfg.resume and last_path.is_file():
         model, checkpoint = load_checkpoint(last_path)
-        if checkpoint["spec"] != spec.to_dict():
-            raise ValueError(f"{last_path} was trained with {checkpoint['spec']}, not {spec.to_dict()}; "
-                             "set train.resume: false to start over")
+        allowed = check_resumable(checkpoint.get("settings"), settings, last_path)
+        if checkpoint["spec"] != spec.to_dict():  # what a last.pt without recorded settings can still be checked by
+            raise ResumeMismatch(f"{last_path} was trained with {checkpoint['spec']}, not {spec.to_dict()}; "
+                                 "set train.resume: false to start over")
         state = TrainingState(**checkpoint["state"])
-        log.info("resuming %s at epoch %d", arch, state.epoch + 1)
+        log.info("resuming %s at epoch %d%s", arch, state.epoch + 1,
+                 f"; changed on resume (allowed): {_changes_text(allowed)}" if allowed else "")
     else:
         model = create_model(spec)
         checkpoint = None
@@ -211,6 +242,8 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
         generator.set_state(checkpoint["loader_rng"])
         _set_augmentation_rng(train_loader.dataset.transform, checkpoint.get("augmentation_rng"))
     loss_fn = build_loss(tcfg.loss)
+    if main:  # every check passed: from here on this folder holds this run
+        _clear_previous_summary(model_dir)
 
     tags = {
         **git_state(paths.root), **environment_tags(), **params_changed_tag(cfg, paths.root), "architecture": arch, "data_fingerprint": manifest["fingerprint"],
@@ -221,6 +254,8 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
               "data.train_slices": len(train_loader.dataset), "data.val_slices": len(val_loader.dataset)}
     history_path = paths.report_dir(arch) / "train_history.csv"
     if main:
+        # under this folder's lock: a RUNNING run of it, other than the one resumed here, lost its process
+        tracker.end_interrupted_run(model_dir / "mlflow_run.json", "trained", resuming=state.run_id)
         state.run_id = tracker.start_run(run_name(arch), params, tags, run_id=state.run_id)
         save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
         write_json(model_dir / "model.json", spec.to_dict())
@@ -245,36 +280,47 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
             state.epoch = epoch
             if main:
                 save_checkpoint(
-                    last_path, model, spec, preprocess=preprocess, state=state.__dict__,
+                    last_path, model, spec, preprocess=preprocess, state=state.__dict__, settings=settings,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
                     torch_rng=torch.get_rng_state(), loader_rng=generator.get_state(),
                     augmentation_rng=_augmentation_rng(train_loader.dataset.transform),
                 )
-                # logged after last.pt holds the epoch: a kill in between is caught up on resume, so each
-                # epoch reaches MLflow exactly once
-                tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
                 write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
                 print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
+                # logged after last.pt holds the epoch: a kill in between (or a tracking store that stops
+                # answering) is caught up on resume, so each epoch reaches MLflow exactly once
+                tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             if state.should_stop(tcfg.early_stopping_patience):
                 if main:
                     print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
                           f"{tcfg.early_stopping_patience})", flush=True)
                 break
+        if main:
+            tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
         status = "FINISHED"
     except TrainingDiverged as exc:
         kept = (f"best.pt and last.pt keep the last finite state (epoch {state.epoch})" if state.epoch
                 else "nothing was saved")
         if main:
-            tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
+            with contextlib.suppress(TrackingError):  # the divergence is the news; a store failure is logged
+                tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
         raise TrainingDiverged(f"{arch}: {exc}; {kept}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
+        signum = stop_signal_of(exc)
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
         done = f"{state.epoch} epoch(s) completed and saved in {last_path}" if state.epoch else "no epoch completed"
-        raise TrainingInterrupted(f"{arch}: interrupted in epoch {state.epoch + 1} ({done}); "
-                                  "resume with train.resume=true") from None
+        raise TrainingInterrupted(signum, f"{arch}: {how} in epoch {state.epoch + 1} ({done}); "
+                                          "resume with train.resume=true") from None
+    except DiskSpaceError as exc:  # a checkpoint, the history or the summary did not fit: the run ends FAILED
+        raise DiskSpaceError(_disk_full_message(arch, exc, state, tracker if main else None, last_path),
+                             exc.path) from None
+    except TrackingError as exc:
+        status = None  # the store does not answer: marking the run would wait as long again
+        raise TrackingError(_store_lost_message(arch, exc, state, last_path)) from None
     finally:
-        if main:
-            tracker.end_run(state.run_id, status=status)
+        if main and status is not None:
+            _end_run(tracker, state, status, last_path, arch)
 
     summary = {
         "architecture": arch, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
@@ -283,9 +329,84 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
         "processes": group.world_size, **{k: v for k, v in runtime.describe().items() if k != "device"},
     }
     if main:
-        tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
         write_json(model_dir / "train_summary.json", summary)
     return summary
+
+
+def run_settings(cfg: Config, manifest: dict, group: Group = distributed.SINGLE) -> dict:
+    """What shapes this run, as last.pt records it: `{"train.lr": 0.0001, ..., "data.fingerprint": ...}`."""
+    return {**cfg.flat(RESUME_SECTIONS), "data.fingerprint": str(manifest["fingerprint"]),
+            "train.processes": group.world_size}
+
+
+def check_resumable(recorded: dict | None, now: dict, last_path) -> dict[str, tuple]:
+    """Refuse (ResumeMismatch, one line naming every key with its old and new value) a resume whose settings
+    differ from what last.pt was trained with, but for RESUME_MAY_CHANGE; returns those allowed changes."""
+    if recorded is None:
+        log.warning("%s was written before lggseg recorded the settings of a run: only its model is checked "
+                    "against the params now", last_path)
+        return {}
+    changed = {k: (recorded[k], v) for k, v in now.items() if k in recorded and recorded[k] != v}
+    refused = {k: change for k, change in changed.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        back = " ".join(f"--set {k}={param_text(old)}" for k, (old, _) in refused.items() if not k.startswith(
+            ("data.fingerprint", "train.processes")))
+        raise ResumeMismatch(
+            f"{last_path} was trained with other settings, and resuming would mix two runs: {_changes_text(refused)}. "
+            "Put the old value(s) back" + (f" ({back})" if back else "") + ", or set train.resume: false to start over")
+    return {k: change for k, change in changed.items() if k in RESUME_MAY_CHANGE}
+
+
+def _changes_text(changes: dict[str, tuple]) -> str:
+    """`preprocess.size 32 -> 64, train.lr 0.0001 -> 0.01`; the data fingerprint names data/processed."""
+    names = {"data.fingerprint": "data/processed (fingerprint)", "train.processes": "processes (train.nproc)"}
+    return ", ".join(f"{names.get(k, k)} {param_text(old)} -> {param_text(new)}" for k, (old, new) in changes.items())
+
+
+def _clear_previous_summary(model_dir) -> None:
+    """A new run must not leave another run's summary beside its own best.pt: the previous train_summary.json
+    goes before this run writes a checkpoint (it is written again when this run finishes, and evaluate refuses
+    a folder without one). The previous checkpoints stay until this run's own replace them (atomically), so a
+    run that fails before its first epoch keeps the last good model."""
+    summary = model_dir / "train_summary.json"
+    if summary.is_file():
+        summary.unlink()
+        log.info("removed the previous run's %s", summary)
+
+
+def _store_lost_message(arch: str, exc: TrackingError, state: TrainingState, last_path) -> str:
+    saved = f"epochs 1-{state.epoch} are saved in {last_path}" if state.epoch else "no epoch was saved"
+    return (f"{arch}: training stopped after epoch {state.epoch} because MLflow did not take its record: {exc} "
+            f"{saved}; the MLflow run stays RUNNING until it is resumed: when the store answers again, run with "
+            "train.resume=true (the epochs it missed are logged then)")
+
+
+def _disk_full_message(arch: str, exc: DiskSpaceError, state: TrainingState, tracker: Tracker | None,
+                       last_path) -> str:
+    """The full disk in one line: what is kept, and whether the MLflow run could be given the reason (a store
+    on the same full disk cannot take it: the run then stays RUNNING until a resume)."""
+    # the write that failed left its target as it was: say what is on disk, not what the loop had reached
+    kept = (f"{last_path.name} keeps the last epoch it held (resume with train.resume=true once there is space)"
+            if last_path.is_file() else f"no {last_path.name} was saved")
+    record = ""
+    if tracker is not None and state.run_id:
+        try:
+            tracker.set_tags(state.run_id, {"failure_reason": str(exc)[:5000]})
+        except TrackingError:
+            record = (f"; the MLflow run {state.run_id} could not be marked FAILED either (its store cannot be "
+                      "written) and stays RUNNING: resume with train.resume=true once there is space")
+    return f"{arch}: {exc}; {kept}{record}"
+
+
+def _end_run(tracker: Tracker, state: TrainingState, status: str, last_path, arch: str) -> None:
+    """Mark the run; when the store fails here, a finished training says how to complete its record, and an
+    interrupted or failed one keeps its own message (the store's failure is logged)."""
+    try:
+        tracker.end_run(state.run_id, status=status)
+    except TrackingError as exc:
+        if status == "FINISHED":
+            raise TrackingError(_store_lost_message(arch, exc, state, last_path)) from None
+        log.warning("could not mark MLflow run %s %s: %s", state.run_id, status, exc)
 
 
 def _run_epoch(model, forward, train_loader, val_loader, loss_fn, optimizer, scaler, runtime: Runtime,
@@ -332,12 +453,14 @@ def train_step(forward, images: torch.Tensor, masks: torch.Tensor, loss_fn, opti
 
 
 def _check_resumable_schedule(saved: dict, scheduler, last_path) -> None:
-    """A one-cycle schedule is planned over the whole run: it cannot stretch to more epochs or batches."""
-    planned, now = saved.get("total_steps"), getattr(scheduler, "total_steps", None)
-    if planned is not None and now is not None and planned != now:
-        raise ValueError(f"{last_path} was trained with train.scheduler=onecycle planned over {planned} steps, now "
-                         f"{now}: resume with the train.epochs, batch size and data it started with, or set "
-                         "train.resume: false to start over")
+    """One-cycle and cosine schedules are planned over the whole run (onecycle in batches, cosine in epochs):
+    they cannot stretch to more epochs or batches (loading the state would keep the old plan silently)."""
+    for key, name, unit in (("total_steps", "onecycle", "steps"), ("T_max", "cosine", "epochs")):
+        planned, now = saved.get(key), getattr(scheduler, key, None)
+        if planned is not None and now is not None and planned != now:
+            raise ResumeMismatch(f"{last_path} was trained with train.scheduler={name} planned over {planned} {unit}, "
+                                 f"now {now}: resume with the train.epochs, batch size and data it started with, or "
+                                 "set train.resume: false to start over")
 
 
 def _check_running_loss(value: float, epoch: int, batch_index: int, cfg: TrainConfig) -> None:
