@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo predict-demo exps test bench cv repro repro-cpu push pull mlflow-ui
+.PHONY: install demo predict-demo exps test test-slow bench cv repro repro-cpu push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,8 +67,15 @@ predict-demo: install
 exps: install  # `dvc exp show` at terminal width: per-patient Dice per architecture, the params that differ
 	@lggseg exps
 
+# `make test`: every test but those marked slow (end-to-end DVC, remote, server, browser, kill and CV runs),
+# about 17 minutes on 2 cores; `make test-slow` runs those (about 25 minutes); CI runs both. A `-m` in
+# PYTEST_ARGS replaces TEST_MARKS.
+TEST_MARKS ?= not slow
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "$(TEST_MARKS)" $(PYTEST_ARGS)
+
+test-slow: install
+	@$(MAKE) --no-print-directory test TEST_MARKS=slow
 
 # Speed of every costly step beside a naive baseline (CPU here, the same command on a CUDA machine):
 # benchmarks/results/<host-kind>-<device>.{json,md} and BENCHMARKS.md. BENCH_ARGS=--tiny: seconds.
