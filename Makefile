@@ -68,7 +68,7 @@ exps: install  # `dvc exp show` at terminal width: per-patient Dice per architec
 	@lggseg exps
 
 # `make test`: every test but those marked slow (end-to-end DVC, remote, server, browser, kill and CV runs),
-# about 17 minutes on 2 cores; `make test-slow` runs those (about 25 minutes); CI runs both. A `-m` in
+# about 11 minutes on 2 cores; `make test-slow` runs those (about 35 minutes); CI runs both. A `-m` in
 # PYTEST_ARGS replaces TEST_MARKS.
 TEST_MARKS ?= not slow
 test: install
