@@ -78,6 +78,14 @@ def tiny_config(*overrides: str) -> Config:
     return load_config(PARAMS, [*TINY, *overrides])
 
 
+@pytest.fixture
+def project(tmp_path, synthetic_tree) -> Paths:
+    """A project whose data/raw/kaggle_3m is a private copy of the synthetic tree (safe to damage)."""
+    paths = Paths.at(tmp_path)
+    shutil.copytree(synthetic_tree, paths.dataset)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def synthetic_tree(tmp_path_factory) -> Path:
     """A small synthetic data set in the Kaggle layout (read-only for tests: copy before changing)."""

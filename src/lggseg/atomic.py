@@ -122,7 +122,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     except Exception as exc:
         # a full disk inside the staging folder is reported as the target's (the staging name means nothing
         # to a user); a DiskSpaceError about another path (a check before writing) passes as it is
-        if not is_disk_full(exc) or (isinstance(exc, DiskSpaceError) and not _inside(exc.path, staging)):
+        if not is_disk_full(exc) or (isinstance(exc, DiskSpaceError) and not exc.path.is_relative_to(staging)):
             raise
         written = tree_bytes(staging)
         shutil.rmtree(staging, ignore_errors=True)
@@ -130,10 +130,6 @@ def staged_dir(target: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return Path(path) == folder or folder in Path(path).parents
 
 
 def replace_dir(new: Path, target: Path) -> None:

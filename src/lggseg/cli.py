@@ -16,6 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from lggseg import __version__, pipeline, stop_signals  # noqa: E402
 from lggseg.config import ConfigError, load_config  # noqa: E402
+from lggseg.diskspace import is_disk_full, no_space_left_text  # noqa: E402
 from lggseg.paths import Paths  # noqa: E402
 from lggseg.redaction import redact, redact_everything_printed  # noqa: E402
 from lggseg.stop_signals import stop_signals_as_interrupts  # noqa: E402
@@ -173,8 +174,6 @@ def _run(argv: Sequence[str] | None) -> int:
     except Exception as exc:
         # a full disk met where no writer of ours turned it into a DiskSpaceError (a library's own files,
         # MLflow's sqlite store): still one line, naming the file and what is left
-        from lggseg.diskspace import is_disk_full, no_space_left_text
-
         if args.verbose or not is_disk_full(exc):
             raise
         where = getattr(args, "out", None) or getattr(args, "root", None)  # when the error names no file

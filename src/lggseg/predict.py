@@ -291,8 +291,8 @@ def check_output_apart_from_input(input_path: Path, out_dir: Path) -> None:
     if not input_path.exists():
         return  # find_patients names it
     tree, out = input_tree(input_path), out_dir.resolve()
-    if out == tree or tree in out.parents or out in tree.parents:
-        where = "is the input folder" if out == tree else "is inside the input folder" if tree in out.parents \
+    if out.is_relative_to(tree) or tree.is_relative_to(out):
+        where = "is the input folder" if out == tree else "is inside the input folder" if out.is_relative_to(tree) \
             else "holds the input folder"
         raise UnsafeOutputError(f"--out {out_dir} {where} {tree}" + (f" (resolved: {out})" if out != out_dir else "")
                                 + ": predictions would replace or mix with the scans; choose an --out outside it")

@@ -14,6 +14,7 @@ Only the standard library: the CLI installs `redact_everything_printed` before t
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import re
@@ -48,17 +49,25 @@ def redact(text: str) -> str:
 
 def environment_secrets() -> list[str]:
     """The secret values of the environment in every spelling they may be printed in, longest first."""
+    return list(_secrets_of(tuple(os.environ.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _secrets_of(environment: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """environment_secrets for one state of the environment: `redact` runs on every log record, tag and param,
+    and the environment rarely changes between them."""
     found: set[str] = set()
-    for name, value in os.environ.items():
+    for name, value in environment:
         if _SECRET_VARIABLE.search(name):
             found.add(value)
         for user, password in _uri_credentials(value):
             found.update({password, _basic_auth(user, password)})
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    variables = dict(environment)
+    user, password = variables.get("MLFLOW_TRACKING_USERNAME"), variables.get("MLFLOW_TRACKING_PASSWORD")
     if user and password:  # what MLflow sends as `Authorization: Basic ...`
         found.add(_basic_auth(user, password))
     spellings = found | {unquote(s) for s in found}
-    return sorted((s for s in spellings if len(s) >= MIN_LITERAL_LENGTH), key=len, reverse=True)
+    return tuple(sorted((s for s in spellings if len(s) >= MIN_LITERAL_LENGTH), key=len, reverse=True))
 
 
 def _uri_credentials(value: str) -> list[tuple[str, str]]:

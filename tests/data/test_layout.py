@@ -14,14 +14,6 @@ from lggseg.paths import Paths
 from conftest import tiny_config
 
 
-@pytest.fixture
-def project(tmp_path, synthetic_tree) -> Paths:
-    """A project whose data/raw/kaggle_3m is a private copy of the synthetic tree (safe to damage)."""
-    paths = Paths.at(tmp_path)
-    shutil.copytree(synthetic_tree, paths.dataset)
-    return paths
-
-
 def _first_patient(paths: Paths) -> Path:
     return sorted(p for p in paths.dataset.iterdir() if p.is_dir())[0]
 

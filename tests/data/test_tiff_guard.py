@@ -4,7 +4,6 @@ before any pixel is decoded, by every reader (index here, predict in tests/test_
 from __future__ import annotations
 
 import os
-import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -105,13 +104,6 @@ def test_a_fifo_named_like_a_slice_is_refused_not_waited_on(tmp_path):
 
 
 # -- index: strict refuses, lenient drops and lists (as unreadable files are) -------------------------
-
-
-@pytest.fixture
-def project(tmp_path, synthetic_tree) -> Paths:
-    paths = Paths.at(tmp_path)
-    shutil.copytree(synthetic_tree, paths.dataset)
-    return paths
 
 
 def plant_bomb(paths: Paths) -> Path:

@@ -134,7 +134,7 @@ def _check_readable_in_tree(path: Path, tree: Path) -> None:
     """A slice or mask must be a regular file inside the input folder: a link out of it would read another
     patient's (or anybody's) file as this one's, without a word."""
     target = path.resolve()
-    if target != tree and tree not in target.parents:
+    if not target.is_relative_to(tree):
         raise ScanError(f"{path}: a symbolic link out of the input folder {tree} (to {target}): refused; "
                         "copy the file into the folder if it belongs to this patient")
     if not target.is_file():
