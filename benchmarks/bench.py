@@ -46,17 +46,17 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lggseg import pipeline  # noqa: E402
-from lggseg.config import load_config  # noqa: E402
+from lggseg.core.config import load_config  # noqa: E402
 from lggseg.data.augment import build_augmentation  # noqa: E402
 from lggseg.data.dataset import SliceDataset, seed_worker  # noqa: E402
 from lggseg.data.preprocess import prepare_image  # noqa: E402
 from lggseg.data.scans import find_patients, read_patient  # noqa: E402
-from lggseg.devices import Runtime, inference_runtime, resolve_runtime  # noqa: E402
-from lggseg.inference import InferenceSettings, predict_batches, prepare_for_inference  # noqa: E402
-from lggseg.models import ModelSpec, create_model  # noqa: E402
-from lggseg.paths import Paths  # noqa: E402
-from lggseg.predict import LoadedModel, segment_patient  # noqa: E402
-from lggseg.training import build_loss, train_step, validate  # noqa: E402
+from lggseg.model.devices import Runtime, inference_runtime, resolve_runtime  # noqa: E402
+from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference  # noqa: E402
+from lggseg.model.networks import ModelSpec, create_model  # noqa: E402
+from lggseg.core.paths import Paths  # noqa: E402
+from lggseg.prediction.predict import LoadedModel, segment_patient  # noqa: E402
+from lggseg.training.loop import build_loss, train_step, validate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

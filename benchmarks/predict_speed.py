@@ -2,7 +2,7 @@
 the default U-Net-ResNet34 at 256x256), and whether bf16 changes the Dice.
 
 Speed: a synthetic 40-slice patient of 256x256x3 slices, models with random weights (speed does not depend
-on the weights) saved as lggseg checkpoints and loaded by `lggseg.predict.load_model`, so the timed path is
+on the weights) saved as lggseg checkpoints and loaded by `lggseg.prediction.predict.load_model`, so the timed path is
 predict's own: prepare_image -> to_model_input -> forward -> threshold -> largest component -> resize back.
 Timed after one warm-up patient; median of --repeats. End to end (reading the tifs, writing masks and the
 report) is timed once per configuration as well.
@@ -35,13 +35,13 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from lggseg.config import MlflowConfig  # noqa: E402
+from lggseg.core.config import MlflowConfig  # noqa: E402
 from lggseg.data import synthetic  # noqa: E402
 from lggseg.data.scans import find_patients, read_patient  # noqa: E402
-from lggseg.devices import cpu_has_native_bf16, inference_runtime  # noqa: E402
-from lggseg.inference import InferenceSettings  # noqa: E402
-from lggseg.models import ModelSpec, create_model, save_checkpoint  # noqa: E402
-from lggseg.predict import load_model, predict, segment_patient  # noqa: E402
+from lggseg.model.devices import cpu_has_native_bf16, inference_runtime  # noqa: E402
+from lggseg.model.inference import InferenceSettings  # noqa: E402
+from lggseg.model.networks import ModelSpec, create_model, save_checkpoint  # noqa: E402
+from lggseg.prediction.predict import load_model, predict, segment_patient  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_SECONDS = 1.0

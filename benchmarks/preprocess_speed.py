@@ -23,7 +23,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
-from lggseg.config import PreprocessConfig, SplitConfig  # noqa: E402
+from lggseg.core.config import PreprocessConfig, SplitConfig  # noqa: E402
 from lggseg.data import synthetic  # noqa: E402
 from lggseg.data.layout import build_index  # noqa: E402
 from lggseg.data.preprocess import preprocess_dataset  # noqa: E402

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import yaml
 
-from lggseg.config import apply_override
+from lggseg.core.config import apply_override
 
 from conftest import PARAMS, REPO
 

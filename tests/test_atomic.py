@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from lggseg import atomic
-from lggseg.atomic import atomic_path, staged_dir, write_bytes, write_json, write_text
+from lggseg.core import atomic
+from lggseg.core.atomic import atomic_path, staged_dir, write_bytes, write_json, write_text
 
 
 def test_write_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -96,7 +96,7 @@ def test_next_writer_removes_only_stale_leftovers_of_its_own_target(tmp_path, li
     _age(stale[1], 2 * atomic.LEGACY_STALE_AFTER_S)  # a pre-PID name, old enough to be abandoned
     _age(others[-1], 2 * atomic.LEGACY_STALE_AFTER_S)
 
-    with caplog.at_level(logging.INFO, logger="lggseg.atomic"):
+    with caplog.at_level(logging.INFO, logger="lggseg.core.atomic"):
         write_bytes(target, b"new")
 
     assert target.read_bytes() == b"new"

@@ -3,8 +3,8 @@ import zipfile
 import pytest
 
 from lggseg.cli import main
-from lggseg.redaction import redact
-from lggseg.tracking import project_root
+from lggseg.core.redaction import redact
+from lggseg.tracking.runs import project_root
 
 from conftest import PARAMS
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from lggseg.config import Config, ConfigError, load_config, ranges
+from lggseg.core.config import Config, ConfigError, load_config, ranges
 
 from conftest import PARAMS, committed_params_text, tiny_config
 
@@ -263,7 +263,7 @@ def test_flat_params_cover_sections():
 
 
 def test_listed_model_names_are_the_installed_smp_names():
-    from lggseg import model_names
+    from lggseg.core import model_names
 
     architectures, encoders = model_names.installed_names()
     assert set(model_names.ARCHITECTURES) == architectures

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import TINY, mlflow_client
 from dvc_project import make_dvc_repo, run
-from lggseg.cross_validation import CrossValidationError, FoldResult, out_of_fold
-from lggseg.paths import Paths
+from lggseg.evaluation.cross_validation import CrossValidationError, FoldResult, out_of_fold
+from lggseg.core.paths import Paths
 
 
 def _fold(fold: int, patients: list[str], everyone: list[str]) -> FoldResult:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lggseg.devices import cpu_has_native_bf16, inference_runtime, resolve_runtime, seed_everything
-from lggseg.models import ModelSpec, create_model
-from lggseg.training import _run_epoch, build_loss, make_loaders
+from lggseg.model.devices import cpu_has_native_bf16, inference_runtime, resolve_runtime, seed_everything
+from lggseg.model.networks import ModelSpec, create_model
+from lggseg.training.loop import _run_epoch, build_loss, make_loaders
 
 from conftest import tiny_config
 

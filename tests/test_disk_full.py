@@ -13,7 +13,7 @@ import pytest
 
 from lggseg import pipeline
 from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.paths import Paths
+from lggseg.core.paths import Paths
 
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from filesystems import fill, small_filesystem

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lggseg.devices import resolve_runtime
-from lggseg.distributed import Group, ShardSampler
-from lggseg.models import load_checkpoint
-from lggseg.paths import Paths
-from lggseg.training import build_loss, make_loaders, validate
+from lggseg.model.devices import resolve_runtime
+from lggseg.model.distributed import Group, ShardSampler
+from lggseg.model.networks import load_checkpoint
+from lggseg.core.paths import Paths
+from lggseg.training.loop import build_loss, make_loaders, validate
 
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import TINY, mlflow_client
 from dvc_project import make_dvc_repo, run as _run, set_params, stages_run
-from lggseg.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
-from lggseg.paths import Paths
+from lggseg.tracking.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
+from lggseg.core.paths import Paths
 
 pytestmark = pytest.mark.slow
 

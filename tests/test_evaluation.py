@@ -9,11 +9,11 @@ from lggseg import pipeline
 from lggseg.data.preprocess import load_split, to_model_input
 from scipy import stats
 
-from lggseg.evaluation import (
+from lggseg.evaluation.evaluate import (
     HEADLINE_METRICS, INTERVAL_METRICS, SplitPredictions, choose_detection_rule, detection_scores, headline_keys,
 )
-from lggseg.uncertainty import SEED
-from lggseg.tracking import Tracker
+from lggseg.evaluation.intervals import SEED
+from lggseg.tracking.runs import Tracker
 
 from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from lggseg import pipeline
-from lggseg.devices import inference_runtime
-from lggseg.evaluation import predict_split
-from lggseg.inference import prepare_for_inference
-from lggseg.models import load_checkpoint
-from lggseg.paths import Paths
+from lggseg.model.devices import inference_runtime
+from lggseg.evaluation.evaluate import predict_split
+from lggseg.model.inference import prepare_for_inference
+from lggseg.model.networks import load_checkpoint
+from lggseg.core.paths import Paths
 
 from conftest import tiny_config
 

@@ -13,7 +13,7 @@ import pytest
 
 from lggseg import pipeline
 from lggseg.data.preprocess import load_split
-from lggseg.paths import SPLITS, Paths
+from lggseg.core.paths import SPLITS, Paths
 
 from conftest import TINY, cli_args, start_lggseg, tiny_config
 

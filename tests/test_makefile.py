@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lggseg.config import load_config
+from lggseg.core.config import load_config
 
 from conftest import PARAMS, REPO
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lggseg.metrics import (
+from lggseg.metrics.segmentation import (
     SliceCountAccumulator,
     choose_detection_threshold,
     detection_metrics,

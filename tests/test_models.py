@@ -3,7 +3,7 @@ import socket
 import pytest
 import torch
 
-from lggseg.models import (
+from lggseg.model.networks import (
     ModelConfigError, ModelSpec, UnsafeCheckpointError, create_model, load_checkpoint, save_checkpoint,
 )
 

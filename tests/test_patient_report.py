@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lggseg.patient_report import (
+from lggseg.prediction.report import (
     DISCLAIMER,
     MAX_TILES,
     index_html,
@@ -25,7 +25,7 @@ from lggseg.patient_report import (
     overlay_tile,
     report_html,
 )
-from lggseg.reports import PRED_COLOR, TRUTH_COLOR
+from lggseg.evaluation.figures import PRED_COLOR, TRUTH_COLOR
 from servers import BROWSER_ARGS, chromium_executable, skip_or_fail
 
 SIZE = 64

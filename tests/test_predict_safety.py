@@ -18,11 +18,11 @@ import tifffile
 import torch
 
 from conftest import PARAMS
-from lggseg.atomic import write_json
+from lggseg.core.atomic import write_json
 from lggseg.cli import main
 from lggseg.data import scans, synthetic
-from lggseg.models import ModelSpec, create_model, save_checkpoint
-from lggseg.predict import OUTPUT_MARKER
+from lggseg.model.networks import ModelSpec, create_model, save_checkpoint
+from lggseg.prediction.predict import OUTPUT_MARKER
 
 SECRET = "s3cr:$6$Zq9v1/hash-of-the-admin:19000:0:99999:7:::\n"  # /etc/shadow-like
 

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from lggseg import pipeline
-from lggseg.paths import Paths
-from lggseg.tracking import Tracker
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import Tracker
 
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 

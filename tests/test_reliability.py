@@ -18,13 +18,13 @@ import torch
 
 from lggseg import pipeline
 from lggseg.cli import main
-from lggseg.config import MlflowConfig
-from lggseg.devices import resolve_runtime, seed_everything
-from lggseg.locks import architecture_lock
-from lggseg.models import ModelSpec, create_model
-from lggseg.paths import Paths
-from lggseg.tracking import Tracker, TrackingError, read_run_pointer
-from lggseg.training import TrainingDiverged, TrainingState, _log_missing_epochs, build_loss, make_loaders, validate
+from lggseg.core.config import MlflowConfig
+from lggseg.model.devices import resolve_runtime, seed_everything
+from lggseg.core.locks import architecture_lock
+from lggseg.model.networks import ModelSpec, create_model
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import Tracker, TrackingError, read_run_pointer
+from lggseg.training.loop import TrainingDiverged, TrainingState, _log_missing_epochs, build_loss, make_loaders, validate
 
 from conftest import PARAMS, TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 
@@ -93,8 +93,8 @@ def test_a_second_writer_of_the_same_model_folder_fails_at_once_naming_the_first
 
 
 def test_first_runs_on_a_fresh_sqlite_store_at_the_same_time_both_succeed(tmp_path):
-    code = ("import sys; from pathlib import Path; from lggseg.config import MlflowConfig; "
-            "from lggseg.tracking import Tracker; Tracker(MlflowConfig(experiment=sys.argv[1]), Path(sys.argv[2]))")
+    code = ("import sys; from pathlib import Path; from lggseg.core.config import MlflowConfig; "
+            "from lggseg.tracking.runs import Tracker; Tracker(MlflowConfig(experiment=sys.argv[1]), Path(sys.argv[2]))")
     processes = [subprocess.Popen([sys.executable, "-c", code, f"exp{i}", str(tmp_path)], stderr=subprocess.PIPE,
                                   text=True) for i in range(3)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]

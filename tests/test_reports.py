@@ -1,4 +1,4 @@
-"""Tests for lggseg.reports: every figure is a real PNG on disk, tables format and order as documented,
+"""Tests for lggseg.evaluation.figures: every figure is a real PNG on disk, tables format and order as documented,
 and writers are atomic (no temp files, old outputs survive a failure)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
-from lggseg import reports
+from lggseg.evaluation import figures as reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLICE_SIZE = 64

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lggseg import pipeline
-from lggseg.devices import resolve_runtime, seed_everything
-from lggseg.distributed import Group
-from lggseg.paths import Paths
-from lggseg.sampling import TumorSampler
-from lggseg.training import make_loaders
+from lggseg.model.devices import resolve_runtime, seed_everything
+from lggseg.model.distributed import Group
+from lggseg.core.paths import Paths
+from lggseg.training.sampling import TumorSampler
+from lggseg.training.loop import make_loaders
 
 from conftest import tiny_config
 
@@ -51,7 +51,7 @@ def test_a_split_with_one_kind_of_slice_is_refused(has_tumor):
 
 @pytest.mark.parametrize("value", [0, 1, -0.2, "many"])
 def test_tumor_fraction_outside_0_1_is_named(value):
-    from lggseg.config import ConfigError
+    from lggseg.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="train.tumor_fraction must be"):
         tiny_config(f"train.tumor_fraction={value}")

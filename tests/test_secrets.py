@@ -17,7 +17,7 @@ import requests
 
 from conftest import PARAMS, TINY, committed_params_text
 from lggseg.cli import main
-from lggseg.redaction import MASK, credentials_in, redact
+from lggseg.core.redaction import MASK, credentials_in, redact
 from servers import free_port, mlflow_server
 
 URI_PASSWORD = "S3cr3t-xyz-123"  # in the tracking URI's user info
@@ -91,7 +91,7 @@ def test_whatever_a_process_prints_by_way_of_python_is_redacted(tmp_path):
     """An uncaught exception (and its cause), one in a thread, a log record with a traceback, a warning."""
     code = (
         "import logging, threading, warnings\n"
-        "from lggseg.redaction import redact_everything_printed\n"
+        "from lggseg.core.redaction import redact_everything_printed\n"
         "redact_everything_printed()\n"
         "logging.basicConfig()\n"
         "uri = 'http://alice:' + 'S3cr3t-xyz-123' + '@127.0.0.1:9'\n"

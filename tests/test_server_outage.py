@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lggseg import pipeline
-from lggseg.paths import Paths
-from lggseg.tracking import http_wait_settings, read_run_pointer
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import http_wait_settings, read_run_pointer
 
 from conftest import TINY, cli_args, start_lggseg, tiny_config
 from servers import free_port, mlflow_server

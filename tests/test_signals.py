@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from lggseg import pipeline
-from lggseg.paths import Paths
-from lggseg.tracking import read_run_pointer
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import read_run_pointer
 
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 
@@ -38,7 +38,7 @@ def trained_unet(tmp_path_factory, prepared_project) -> Paths:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    """Temporary files and staging folders of atomic writes (lggseg.atomic) under `folder`."""
+    """Temporary files and staging folders of atomic writes (lggseg.core.atomic) under `folder`."""
     return sorted(p.name for p in folder.rglob(".*") if ".tmp" in p.name or ".staging." in p.name)
 
 

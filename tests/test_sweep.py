@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY, mlflow_client
 from dvc_project import make_dvc_repo, run
-from lggseg.paths import Paths
+from lggseg.core.paths import Paths
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_config
 from lggseg import pipeline
-from lggseg.paths import Paths
+from lggseg.core.paths import Paths
 from servers import free_port, mlflow_server, postgres_bindir, postgres_cluster, skip_or_fail
 
 pytestmark = pytest.mark.slow

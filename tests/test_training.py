@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lggseg import pipeline
-from lggseg.devices import resolve_runtime, seed_everything
-from lggseg.models import ModelSpec, create_model
-from lggseg.paths import Paths
-from lggseg.tracking import TrackingError, read_run_pointer
-from lggseg.training import build_loss, make_loaders, validate
+from lggseg.model.devices import resolve_runtime, seed_everything
+from lggseg.model.networks import ModelSpec, create_model
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import TrackingError, read_run_pointer
+from lggseg.training.loop import build_loss, make_loaders, validate
 
 from conftest import TINY, TRAINED_EPOCHS, cli_args, mlflow_client, start_lggseg, tiny_config
 
@@ -134,7 +134,7 @@ def test_leaky_processed_data_stops_training(tmp_path, prepared_project):
 
 
 def test_early_stopping_counts_epochs_without_a_new_best():
-    from lggseg.training import TrainingState
+    from lggseg.training.loop import TrainingState
 
     state = TrainingState()
     outcomes = []

@@ -14,12 +14,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to what matters
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from lggseg import __version__, pipeline, stop_signals  # noqa: E402
-from lggseg.config import ConfigError, load_config  # noqa: E402
-from lggseg.diskspace import is_disk_full, no_space_left_text  # noqa: E402
-from lggseg.paths import Paths  # noqa: E402
-from lggseg.redaction import redact, redact_everything_printed  # noqa: E402
-from lggseg.stop_signals import stop_signals_as_interrupts  # noqa: E402
+from lggseg import __version__, pipeline
+
+from lggseg.core import stop_signals  # noqa: E402
+from lggseg.core.config import ConfigError, load_config  # noqa: E402
+from lggseg.core.diskspace import is_disk_full, no_space_left_text  # noqa: E402
+from lggseg.core.paths import Paths  # noqa: E402
+from lggseg.core.redaction import redact, redact_everything_printed  # noqa: E402
+from lggseg.core.stop_signals import stop_signals_as_interrupts  # noqa: E402
 
 STAGES = {
     "download": "get the raw data set into data/raw/kaggle_3m (data.source: auto|kaggle|local|synthetic)",
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_predict(sub) -> None:
-    from lggseg.config import PRECISIONS
+    from lggseg.core.config import PRECISIONS
 
     text = ("segment new scans with a registered or local model: masks, report.json and report.html per patient "
             "(a research tool, not a diagnostic device)")
@@ -104,8 +106,8 @@ def _add_predict(sub) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from lggseg.config import MlflowConfig
-    from lggseg.predict import predict
+    from lggseg.core.config import MlflowConfig
+    from lggseg.prediction.predict import predict
 
     mlflow = load_config(args.params).mlflow if Path(args.params).is_file() else MlflowConfig()
     out = args.out or Path("predictions") / (args.input.stem if args.input.is_file() else args.input.resolve().name)
@@ -183,7 +185,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from lggseg.cross_validation import run_cross_validation
+    from lggseg.evaluation.cross_validation import run_cross_validation
 
     result = run_cross_validation(Path(args.root).resolve(), Path(args.params), args.name or f"cv{args.folds}",
                                   args.folds, args.jobs, args.overrides, report_only=args.report_only)
@@ -199,7 +201,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _exps(args: argparse.Namespace) -> int:
-    from lggseg.experiments import dvc_experiments, experiments_table, format_experiments
+    from lggseg.tracking.experiments import dvc_experiments, experiments_table, format_experiments
 
     print(format_experiments(experiments_table(dvc_experiments(Path(args.root)))))
     return 0

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from lggseg import cli, pipeline
-from lggseg.config import DataConfig
+from lggseg.core.config import DataConfig
 from lggseg.data.acquire import DataSourceError, acquire, install_local, resolve_source
 from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.paths import Paths
+from lggseg.core.paths import Paths
 
 from conftest import PARAMS, tiny_config
 

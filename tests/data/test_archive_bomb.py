@@ -15,7 +15,7 @@ import pytest
 from lggseg import cli
 from lggseg.data.acquire import MAX_ARCHIVE_RATIO, MEMBER_LIMITS, DataSourceError, install_local
 from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.diskspace import DiskSpaceError
+from lggseg.core.diskspace import DiskSpaceError
 
 from conftest import PARAMS
 from filesystems import small_filesystem

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lggseg.config import AugmentConfig
+from lggseg.core.config import AugmentConfig
 from lggseg.data.augment import build_augmentation
 from lggseg.data.dataset import SliceDataset, seed_worker
 

@@ -9,7 +9,7 @@ import tifffile
 
 from lggseg import pipeline
 from lggseg.data.layout import DatasetError, build_index
-from lggseg.paths import Paths
+from lggseg.core.paths import Paths
 
 from conftest import tiny_config
 

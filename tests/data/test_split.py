@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lggseg.config import SplitConfig
+from lggseg.core.config import SplitConfig
 from lggseg.data.layout import build_index
 from lggseg.data.split import PatientLeakError, SplitError, check_no_leak, make_splits, split_summary
 

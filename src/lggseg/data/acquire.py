@@ -15,10 +15,10 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from lggseg.atomic import staged_dir
-from lggseg.config import DataConfig
+from lggseg.core.atomic import staged_dir
+from lggseg.core.config import DataConfig
 from lggseg.data import synthetic
-from lggseg.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
+from lggseg.core.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
 
 log = logging.getLogger(__name__)
 

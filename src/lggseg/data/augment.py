@@ -5,7 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
-from lggseg.config import AugmentConfig
+from lggseg.core.config import AugmentConfig
 
 
 def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose | None:

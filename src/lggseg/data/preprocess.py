@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,11 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from lggseg.atomic import staged_dir, write_json
-from lggseg.config import PreprocessConfig
+from lggseg.core.atomic import staged_dir, write_json
+from lggseg.core.config import PreprocessConfig
 from lggseg.data.split import check_no_leak, slices_for
-from lggseg.diskspace import block_size, on_disk, require_free_space
-from lggseg.paths import SPLITS
+from lggseg.core.diskspace import block_size, on_disk, require_free_space
+from lggseg.core.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +152,11 @@ def load_split(processed_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray,
     if not len(images) == len(masks) == len(table):
         raise ValueError(f"{split_dir}: images, masks and slices.csv disagree in length")
     return images, masks, table
+
+
+def processed_manifest(paths: Paths) -> dict:
+    """data/processed/manifest.json: what preprocess wrote and with which settings."""
+    manifest_path = paths.processed / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} is missing (run the preprocess stage)")
+    return json.loads(manifest_path.read_text())

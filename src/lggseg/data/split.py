@@ -12,8 +12,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from lggseg.config import SplitConfig
-from lggseg.paths import SPLITS
+from lggseg.core.config import SplitConfig
+from lggseg.core.paths import SPLITS
 
 
 class SplitError(ValueError):

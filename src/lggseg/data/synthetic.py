@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-from lggseg.atomic import atomic_path
+from lggseg.core.atomic import atomic_path
 
 INSTITUTIONS: tuple[str, ...] = ("CS", "DU", "EZ", "FG", "HT")
 """TCGA tissue source site codes of the real data set (one per source institution)."""

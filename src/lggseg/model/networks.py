@@ -15,7 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.encoders import encoders as ENCODERS
 
-from lggseg.atomic import atomic_path
+from lggseg.core.atomic import atomic_path
 
 HF_HOST = "huggingface.co"
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from lggseg.config import flatten_params, param_text
+from lggseg.core.config import flatten_params, param_text
 
 EXPERIMENT_MARK = "└─ "  # an experiment, under its baseline commit (as in `dvc exp show`)
 HEADLINE = {"dice_patient_mean": "test", "val_dice_patient": "val"}  # metric key -> column suffix

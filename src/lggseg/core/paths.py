@@ -75,7 +75,7 @@ class Paths:
 
     @property
     def locks(self) -> Path:
-        """Per-architecture locks (lggseg.locks); ignored by git, outside every DVC out."""
+        """Per-architecture locks (lggseg.core.locks); ignored by git, outside every DVC out."""
         return self.root / ".lggseg" / "locks"
 
     @property

@@ -19,25 +19,25 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from lggseg import reports
-from lggseg.atomic import write_csv, write_json
-from lggseg.config import Config
+from lggseg.evaluation import figures as reports
+from lggseg.core.atomic import write_csv, write_json
+from lggseg.core.config import Config
 from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view
 from lggseg.data.split import check_no_leak
-from lggseg.devices import Runtime, inference_runtime
-from lggseg.inference import InferenceSettings, predict_batches, prepare_for_inference
-from lggseg.metrics import (
+from lggseg.model.devices import Runtime, inference_runtime
+from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference
+from lggseg.metrics.segmentation import (
     SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
     roc_points, segmentation_summary, slice_dice,
 )
-from lggseg.models import load_checkpoint
-from lggseg.paths import Paths
-from lggseg.tracking import (
+from lggseg.model.networks import load_checkpoint
+from lggseg.core.paths import Paths
+from lggseg.tracking.runs import (
     WEIGHTS_TAG, Tracker, TrackingError, git_state, read_run_pointer, resolve_tracking_uri, weights_sha256,
 )
-from lggseg.training import processed_manifest
-from lggseg.uncertainty import mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
+from lggseg.data.preprocess import processed_manifest
+from lggseg.evaluation.intervals import mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def headline_keys() -> list[str]:
 
 def headline_intervals(test: SplitPredictions, counts: pd.DataFrame, per_patient: pd.DataFrame, scores: np.ndarray,
                        val: SplitPredictions) -> dict[str, tuple[float, float] | None]:
-    """95% bootstrap intervals over patients (lggseg.uncertainty) of every headline number but the minimum.
+    """95% bootstrap intervals over patients (lggseg.evaluation.intervals) of every headline number but the minimum.
     val_dice_patient's interval resamples the val patients as evaluation predicts them (the point value is
     training's, from the same weights; the two agree to the precision's tolerance)."""
     intervals = {"dice_patient_mean": mean_interval(per_patient["dice"]),
@@ -439,7 +439,7 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
 
 
 def paired_comparisons(paths: Paths, champion: str, architectures: list[str]) -> list[dict]:
-    """The champion against each other architecture on the same test patients (lggseg.uncertainty)."""
+    """The champion against each other architecture on the same test patients (lggseg.evaluation.intervals)."""
     dice = {}
     for arch in architectures:
         table = pd.read_csv(paths.report_dir(arch) / "per_patient.csv", dtype={"patient_id": str})

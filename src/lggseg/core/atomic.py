@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from lggseg.diskspace import DiskSpaceError, free_bytes, is_disk_full, no_space_error, tree_bytes
+from lggseg.core.diskspace import DiskSpaceError, free_bytes, is_disk_full, no_space_error, tree_bytes
 
 log = logging.getLogger(__name__)
 

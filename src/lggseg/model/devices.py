@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lggseg.config import PRECISIONS
+from lggseg.core.config import PRECISIONS
 
 
 @dataclass(frozen=True)

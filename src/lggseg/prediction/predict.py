@@ -27,15 +27,15 @@ import torch
 from tqdm import tqdm
 
 from lggseg import __version__
-from lggseg.atomic import staged_dir, write_json
-from lggseg.config import MlflowConfig
+from lggseg.core.atomic import staged_dir, write_json
+from lggseg.core.config import MlflowConfig
 from lggseg.data.preprocess import flair_view, prepare_image
 from lggseg.data.scans import PatientImages, PatientScan, find_patients, input_tree, read_patient
-from lggseg.devices import Runtime, inference_runtime
-from lggseg.inference import InferenceSettings, predict_probabilities, prepare_for_inference
-from lggseg.metrics import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
-from lggseg.models import ModelSpec, load_checkpoint
-from lggseg.patient_report import DISCLAIMER, index_html, report_html
+from lggseg.model.devices import Runtime, inference_runtime
+from lggseg.model.inference import InferenceSettings, predict_probabilities, prepare_for_inference
+from lggseg.metrics.segmentation import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
+from lggseg.model.networks import ModelSpec, load_checkpoint
+from lggseg.prediction.report import DISCLAIMER, index_html, report_html
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def load_model(model: str, root: Path, mlflow: MlflowConfig, runtime: Runtime) -
 
 
 def _load_registered(uri: str, root: Path, mlflow: MlflowConfig, runtime: Runtime) -> LoadedModel:
-    from lggseg.tracking import Tracker
+    from lggseg.tracking.runs import Tracker
 
     tracker = Tracker(mlflow, root, read_only=True)
     version = tracker.resolve_registered(uri)

@@ -5,7 +5,7 @@ area chart is inline SVG, styles are inline, and nothing refers to a server, a f
 that comes from the report (case names and paths from the user's disk) is HTML-escaped. The caller writes the
 strings to disk atomically; nothing here touches files.
 
-Colours match the figures of ``lggseg.reports``: ground truth green, prediction magenta.
+Colours match the figures of ``lggseg.evaluation.figures``: ground truth green, prediction magenta.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lggseg.reports import PRED_COLOR, TRUTH_COLOR
+from lggseg.evaluation.figures import PRED_COLOR, TRUTH_COLOR
 
 DISCLAIMER = (
     "Research tool, not a diagnostic device: lggseg's masks and numbers are not validated for clinical use "

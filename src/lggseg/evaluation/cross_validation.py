@@ -22,11 +22,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from lggseg.atomic import staged_dir
-from lggseg.config import Config
-from lggseg.experiments import dvc_experiments, run_dvc
-from lggseg.stop_signals import StopRequested, signal_name, stop_signal_of
-from lggseg.uncertainty import mean_interval, median_interval, paired_comparison
+from lggseg.core.atomic import staged_dir
+from lggseg.core.config import Config
+from lggseg.tracking.experiments import dvc_experiments, run_dvc
+from lggseg.core.stop_signals import StopRequested, signal_name, stop_signal_of
+from lggseg.evaluation.intervals import mean_interval, median_interval, paired_comparison
 
 FOLD_SETTINGS = ("mlflow.register=false",)  # CV measures; the registry's champion is the main pipeline's
 
@@ -212,7 +212,7 @@ def report_markdown(group: str, folds: int, summary: pd.DataFrame, institutions:
 
 def write_report(out_dir: Path, group: str, folds: int, oof: pd.DataFrame, settings: Sequence[str]) -> dict:
     """reports/cv/: summary.md, summary.csv, institutions.csv, per_patient.csv, dice_per_patient.png, as a whole."""
-    from lggseg.reports import plot_cross_validation
+    from lggseg.evaluation.figures import plot_cross_validation
 
     summary, institutions, paired = summarize(oof)
     with staged_dir(out_dir) as staging:
@@ -230,7 +230,7 @@ def log_to_mlflow(cfg: Config, root: Path, group: str, folds: int, out_dir: Path
                   settings: Sequence[str]) -> str:
     """A parent run `cross-validation <group>` with the out-of-fold numbers and reports/cv/; every fold's
     runs (tagged dvc_exp_name = <group>-fold<i>) nested under it and tagged cv_group / cv_fold."""
-    from lggseg.tracking import Tracker
+    from lggseg.tracking.runs import Tracker
 
     tracker = Tracker(cfg.mlflow, root)
     tags = {"stage": "cv", "cv_group": group, "mlflow.note.content":
@@ -270,7 +270,7 @@ def _stopped_message(exc: BaseException, group: str) -> str:
 def run_cross_validation(root: Path, params: Path, group: str, folds: int, jobs: int, settings: Sequence[str],
                          report_only: bool = False) -> dict:
     """Queue and run the folds (unless report_only), then write reports/cv/ and the MLflow parent run."""
-    from lggseg.config import load_config
+    from lggseg.core.config import load_config
 
     if folds < 2:
         raise CrossValidationError(f"--folds {folds}: cross-validation needs at least 2 folds")

@@ -17,8 +17,8 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from lggseg.atomic import write_json
-from lggseg.paths import Paths
+from lggseg.core.atomic import write_json
+from lggseg.core.paths import Paths
 
 
 class BusyError(RuntimeError):

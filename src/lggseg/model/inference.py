@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lggseg.data.preprocess import to_model_input
-from lggseg.devices import Runtime
+from lggseg.model.devices import Runtime
 
 
 @dataclass(frozen=True)

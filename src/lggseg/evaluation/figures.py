@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
-from lggseg.atomic import write_bytes
+from lggseg.core.atomic import write_bytes
 
 TRUTH_COLOR = "#00e05a"  # green: ground truth (radiologist)
 PRED_COLOR = "#ff2bd6"  # magenta: model; green/magenta stays distinct for red-green colour blindness

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from lggseg import distributed
-from lggseg.distributed import Group
+from lggseg.model import distributed
+from lggseg.model.distributed import Group
 
 
 class TumorSampler(Sampler[int]):

@@ -60,7 +60,7 @@ def launch(nproc: int, cli_args: Sequence[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    from lggseg.stop_signals import StopRequested
+    from lggseg.core.stop_signals import StopRequested
 
     torchrun = ["--standalone", f"--nproc_per_node={nproc}", "-m", "lggseg.cli", *cli_args]
     print(f"training with {nproc} processes: torchrun {' '.join(torchrun)}", flush=True)

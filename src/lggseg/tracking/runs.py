@@ -17,9 +17,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from lggseg.atomic import write_json
-from lggseg.config import Config, MlflowConfig, changed_params, committed_config, param_text
-from lggseg.redaction import redact
+from lggseg.core.atomic import write_json
+from lggseg.core.config import Config, MlflowConfig, changed_params, committed_config, param_text
+from lggseg.core.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class Tracker:
 
     def end_interrupted_run(self, pointer: Path, doing: str, resuming: str | None = None) -> str | None:
         """End the run `pointer` (models/<arch>/mlflow_run.json) names if it is still RUNNING: the caller holds
-        that model folder's lock (lggseg.locks), so no live process writes that run; a killed one left it so.
+        that model folder's lock (lggseg.core.locks), so no live process writes that run; a killed one left it so.
         `resuming`: the run this process continues, left as it is. Returns the id of the run it ended."""
         from mlflow.exceptions import MlflowException
 

@@ -18,22 +18,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from lggseg.atomic import write_csv, write_json
-from lggseg.config import Config, TrainConfig, param_text
+from lggseg.core.atomic import write_csv, write_json
+from lggseg.core.config import Config, TrainConfig, param_text
 from lggseg.data.augment import build_augmentation
 from lggseg.data.dataset import SliceDataset, seed_worker
+from lggseg.data.preprocess import processed_manifest
 from lggseg.data.split import check_no_leak
-from lggseg.diskspace import DiskSpaceError
-from lggseg import distributed
-from lggseg.devices import Runtime, resolve_device, resolve_runtime, seed_everything
-from lggseg.distributed import Group, ShardSampler
-from lggseg.inference import predict_batches
-from lggseg.metrics import SliceCountAccumulator, segmentation_summary
-from lggseg.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
-from lggseg.paths import Paths
-from lggseg.sampling import TumorSampler
-from lggseg.stop_signals import StopRequested, signal_name, stop_quietly_in_loader_worker, stop_signal_of
-from lggseg.tracking import (Tracker, TrackingError, environment_tags, git_state, params_changed_tag, run_name,
+from lggseg.core.diskspace import DiskSpaceError
+from lggseg.model import distributed
+from lggseg.model.devices import Runtime, resolve_device, resolve_runtime, seed_everything
+from lggseg.model.distributed import Group, ShardSampler
+from lggseg.model.inference import predict_batches
+from lggseg.metrics.segmentation import SliceCountAccumulator, segmentation_summary
+from lggseg.model.networks import ModelSpec, create_model, load_checkpoint, save_checkpoint
+from lggseg.core.paths import Paths
+from lggseg.training.sampling import TumorSampler
+from lggseg.core.stop_signals import StopRequested, signal_name, stop_quietly_in_loader_worker, stop_signal_of
+from lggseg.tracking.runs import (Tracker, TrackingError, environment_tags, git_state, params_changed_tag, run_name,
                              save_run_pointer)
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,6 @@ class ResumeMismatch(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss, the weights or the model's outputs stopped being finite numbers."""
-
-
-def processed_manifest(paths: Paths) -> dict:
-    manifest_path = paths.processed / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} is missing (run the preprocess stage)")
-    return json.loads(manifest_path.read_text())
 
 
 def build_loss(name: str) -> torch.nn.Module:

@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
 import yaml
 
-from lggseg import model_names
-from lggseg.redaction import credentials_in
+from lggseg.core import model_names
+from lggseg.core.redaction import credentials_in
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class TrainConfig:
     seed: Seed = 42
     resume: bool = False
     threshold: Threshold = 0.5
-    # the runtime (lggseg.devices); `auto` picks per device, every choice also runs on CPU
+    # the runtime (lggseg.model.devices); `auto` picks per device, every choice also runs on CPU
     precision: TrainPrecision = "auto"  # autocast dtype: auto = bf16 on GPUs (fp16 without bf16) and CPUs with native bf16
     memory_format: MemoryFormat = "auto"  # auto = channels_last except on MPS
     pin_memory: Literal["auto", True, False] = "auto"  # pinned loader memory + non-blocking copies; auto = on CUDA
