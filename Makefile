@@ -31,7 +31,7 @@ DEMO_SETTINGS := \
 DEMO_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo predict-demo exps test test-slow bench cv repro repro-cpu push pull mlflow-ui
+.PHONY: install demo predict-demo exps lint docs test test-slow bench cv repro repro-cpu push pull mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ predict-demo: install
 exps: install  # `dvc exp show` at terminal width: per-patient Dice per architecture, the params that differ
 	@lggseg exps
 
+# `make lint`: the import layers (lint-imports), lint and import order (ruff), types (mypy); each is set
+# up in pyproject.toml, and the pre-commit hooks (.pre-commit-config.yaml) run the same three
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# `make docs`: the pages in docs/ (nav in mkdocs.yml) as a static site in site/, offline; --strict fails on
+# any broken link between the pages
+docs: install
+	$(BIN)/mkdocs build --strict
+
 # `make test`: every test but those marked slow (end-to-end DVC, remote, server, browser, kill and CV runs),
 # about 11 minutes on 2 cores; `make test-slow` runs those (about 35 minutes); CI runs both. A `-m` in
 # PYTEST_ARGS replaces TEST_MARKS.
@@ -78,7 +90,7 @@ test-slow: install
 	@$(MAKE) --no-print-directory test TEST_MARKS=slow
 
 # Speed of every costly step beside a naive baseline (CPU here, the same command on a CUDA machine):
-# benchmarks/results/<host-kind>-<device>.{json,md} and BENCHMARKS.md. BENCH_ARGS=--tiny: seconds.
+# benchmarks/results/<host-kind>-<device>.{json,md} and docs/benchmarks.md. BENCH_ARGS=--tiny: seconds.
 BENCH_ARGS ?=
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
@@ -95,7 +107,7 @@ repro: install
 	dvc repro
 
 # The CPU recipe: U-Net and FPN on the full real set on 2 CPU cores in under an hour, no pretrained weights
-# (README "Results"). It runs as the DVC experiment `cpu-recipe` in a temporary copy, like the demo.
+# (docs/results.md). It runs as the DVC experiment `cpu-recipe` in a temporary copy, like the demo.
 # CPU_EXTRA: more -S settings, e.g. -S data.source=local -S data.local_path=/abs/path/lgg-mri-segmentation.zip
 CPU_RECIPE := \
 	-S preprocess.size=128 \
@@ -114,8 +126,8 @@ repro-cpu: install
 		$(if $(LOCAL_ARCHIVE),-S data.local_path=$(LOCAL_ARCHIVE)) $(CPU_EXTRA) && \
 	echo && lggseg exps && echo && echo "CPU recipe finished in $$(( ($$(date +%s) - start) / 60 )) min"
 
-# Share results through the DVC remote (default: the folder ../lggseg-dvc-store; see README "Share and
-# compare" for S3/GCS/Azure/SSH): push after a run, pull instead of retraining
+# Share results through the DVC remote (default: the folder ../lggseg-dvc-store; see docs/mlflow.md,
+# "Share and compare", for S3/GCS/Azure/SSH): push after a run, pull instead of retraining
 push: install
 	dvc push --run-cache
 

@@ -15,7 +15,7 @@ Sections (each a median of --repeats after a warm-up):
     python benchmarks/bench.py --tiny --out /tmp/b   # seconds, for the test that checks the keys
 
 Writes <out>/<host-kind>-<device>.{json,md}; the default out (benchmarks/results) also regenerates
-BENCHMARKS.md from every result there.
+docs/benchmarks.md from every result there.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lggseg import pipeline  # noqa: E402
 from lggseg.core.config import load_config  # noqa: E402
+from lggseg.core.paths import Paths  # noqa: E402
 from lggseg.data.augment import build_augmentation  # noqa: E402
 from lggseg.data.dataset import SliceDataset, seed_worker  # noqa: E402
 from lggseg.data.preprocess import prepare_image  # noqa: E402
@@ -54,13 +55,14 @@ from lggseg.data.scans import find_patients, read_patient  # noqa: E402
 from lggseg.model.devices import Runtime, inference_runtime, resolve_runtime  # noqa: E402
 from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference  # noqa: E402
 from lggseg.model.networks import ModelSpec, create_model  # noqa: E402
-from lggseg.core.paths import Paths  # noqa: E402
 from lggseg.prediction.predict import LoadedModel, segment_patient  # noqa: E402
-from lggseg.training.loop import build_loss, train_step, validate  # noqa: E402
+from lggseg.training.loop import train_step  # noqa: E402
+from lggseg.training.recipe import build_loss  # noqa: E402
+from lggseg.training.validation import validate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 REAL_TRAIN_SLICES = 2842  # the real data set's train split (78 patients): what one epoch costs
 TARGETS = {"cpu_train_speedup": 1.5, "cpu_predict_seconds": 1.0, "gpu_train_images_per_second": 2500}
 FULL = dict(size=256, encoder="resnet34", batch=16, patients=12, slices=(28, 32), steps=3, repeats=3, patient_slices=40)
@@ -351,13 +353,13 @@ def markdown(result: dict) -> str:
 
 
 def write_benchmarks_md(results_dir: Path, path: Path) -> None:
-    """BENCHMARKS.md: the intro and every machine's tables (full runs only)."""
+    """docs/benchmarks.md: the intro and every machine's tables (full runs only)."""
     sections = []
     for file in sorted(results_dir.glob("*.json")):
         data = json.loads(file.read_text())
         machine = data.get("machine")
         if isinstance(machine, dict) and machine.get("mode") == "full" and "train_step" in data:
-            sections.append(markdown(data).replace("## ", f"## [{file.name}](benchmarks/results/{file.name}): ", 1))
+            sections.append(markdown(data).replace("## ", f"## `benchmarks/results/{file.name}`: ", 1))
     intro = path.read_text().split("<!-- results -->")[0] if path.is_file() else "# Benchmarks\n\n"
     path.write_text(intro.rstrip() + "\n\n<!-- results -->\n\n" + "\n".join(sections))
 
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
                         help="also time torch.compile (auto: in full runs)")
     parser.add_argument("--archs", default="unet,fpn")
-    parser.add_argument("--collect", action="store_true", help="only rebuild BENCHMARKS.md from benchmarks/results/")
+    parser.add_argument("--collect", action="store_true", help="only rebuild docs/benchmarks.md from benchmarks/results/")
     args = parser.parse_args(argv)
     if args.collect:
         write_benchmarks_md(RESULTS, BENCHMARKS_MD)

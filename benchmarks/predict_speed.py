@@ -38,9 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from lggseg.core.config import MlflowConfig  # noqa: E402
 from lggseg.data import synthetic  # noqa: E402
 from lggseg.data.scans import find_patients, read_patient  # noqa: E402
+from lggseg.model.checkpoint import save_checkpoint  # noqa: E402
 from lggseg.model.devices import cpu_has_native_bf16, inference_runtime  # noqa: E402
 from lggseg.model.inference import InferenceSettings  # noqa: E402
-from lggseg.model.networks import ModelSpec, create_model, save_checkpoint  # noqa: E402
+from lggseg.model.networks import ModelSpec, create_model  # noqa: E402
 from lggseg.prediction.predict import load_model, predict, segment_patient  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,7 +89,8 @@ def time_speed(scratch: Path, repeats: int, batch_size: int) -> list[dict]:
                      "slices": len(inputs.images), "seconds": [round(s, 3) for s in seconds],
                      "seconds_median": round(median, 3), "slices_per_second": round(len(inputs.images) / median, 1),
                      "end_to_end_seconds_incl_model_load_and_report": round(end_to_end, 2),
-                     "gflops_per_slice": round(gflops_per_slice(create_model(ModelSpec("unet", encoder, None, 3), False), size), 2),
+                     "gflops_per_slice": round(
+                         gflops_per_slice(create_model(ModelSpec("unet", encoder, None, 3), False), size), 2),
                      "meets_target": bool(median < TARGET_SECONDS) if (encoder, size) == ("resnet34", 256) else None})
         print(rows[-1])
     return rows
@@ -122,11 +124,13 @@ def write_results(result: dict) -> None:
     (RESULTS / "predict_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Predict speed: one 40-slice patient (256x256x3 input)", "",
              f"Machine: {result['machine']}. Target: under {TARGET_SECONDS:g} s for U-Net-ResNet34 at 256x256.", "",
-             "| encoder | model size | precision | median s / patient | slices/s | GFLOP / slice | end to end s (load + tifs + report) |",
+             "| encoder | model size | precision | median s / patient | slices/s | GFLOP / slice "
+             "| end to end s (load + tifs + report) |",
              "|---|---|---|---|---|---|---|"]
     for r in result["speed"]:
         lines.append(f"| {r['encoder']} | {r['size']} | {r['precision']} | {r['seconds_median']:.2f} | "
-                     f"{r['slices_per_second']} | {r['gflops_per_slice']} | {r['end_to_end_seconds_incl_model_load_and_report']} |")
+                     f"{r['slices_per_second']} | {r['gflops_per_slice']} | "
+                     f"{r['end_to_end_seconds_incl_model_load_and_report']} |")
     if result.get("dice"):
         d = result["dice"]
         lines += ["", f"bf16 vs fp32 on {d['patients']} real patients ({d['model']}): mean per-patient Dice "

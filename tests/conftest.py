@@ -27,8 +27,8 @@ import pytest  # noqa: E402
 
 from lggseg import pipeline  # noqa: E402
 from lggseg.core.config import Config, load_config  # noqa: E402
-from lggseg.data import synthetic  # noqa: E402
 from lggseg.core.paths import Paths  # noqa: E402
+from lggseg.data import synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

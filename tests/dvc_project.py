@@ -6,14 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import yaml
 
-from lggseg.core.config import apply_override
-
 from conftest import PARAMS, REPO
+from lggseg.core.config import apply_override
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:

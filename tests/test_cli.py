@@ -2,11 +2,10 @@ import zipfile
 
 import pytest
 
+from conftest import PARAMS
 from lggseg.cli import main
 from lggseg.core.redaction import redact
-from lggseg.tracking.runs import project_root
-
-from conftest import PARAMS
+from lggseg.tracking.store import project_root
 
 
 def test_stage_error_is_reported_once_with_the_file(tmp_path, capsys):

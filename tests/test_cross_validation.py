@@ -11,8 +11,8 @@ import pytest
 
 from conftest import TINY, mlflow_client
 from dvc_project import make_dvc_repo, run
-from lggseg.evaluation.cross_validation import CrossValidationError, FoldResult, out_of_fold
 from lggseg.core.paths import Paths
+from lggseg.evaluation.cross_validation import CrossValidationError, FoldResult, out_of_fold
 
 
 def _fold(fold: int, patients: list[str], everyone: list[str]) -> FoldResult:
@@ -53,7 +53,8 @@ def test_cv_runs_every_fold_through_the_dvc_queue_and_reports_out_of_fold_dice(t
         shown = run(["dvc", "exp", "show", "--json"], repo).stdout
         assert f"cvt-fold{fold}" in shown
         rows = oof[(oof["fold"] == fold) & (oof["architecture"] == "unet")]
-        git = run(["git", "show", f"refs/exps/{_exp_ref(repo, f'cvt-fold{fold}')}:reports/arch/unet/per_patient.csv"], repo).stdout
+        ref = _exp_ref(repo, f"cvt-fold{fold}")
+        git = run(["git", "show", f"refs/exps/{ref}:reports/arch/unet/per_patient.csv"], repo).stdout
         theirs = pd.read_csv(io.StringIO(git), dtype={"patient_id": str}).set_index("patient_id")["dice"]
         assert rows.set_index("patient_id")["dice"].sort_index().tolist() == pytest.approx(theirs.sort_index().tolist())
     summary = pd.read_csv(out / "summary.csv").set_index("architecture")

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from conftest import tiny_config
 from lggseg.model.devices import cpu_has_native_bf16, inference_runtime, resolve_runtime, seed_everything
 from lggseg.model.networks import ModelSpec, create_model
-from lggseg.training.loop import _run_epoch, build_loss, make_loaders
-
-from conftest import tiny_config
+from lggseg.training.loop import run_epoch
+from lggseg.training.recipe import build_loss, make_loaders
 
 
 def test_auto_picks_the_best_available_device():
@@ -70,7 +70,7 @@ def test_each_runtime_option_trains_on_cpu(prepared_project, precision, memory_f
     spy = _Spy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=runtime.grad_scaler)
-    row = _run_epoch(model, spy, train_loader, val_loader, build_loss("bce_dice"), optimizer, scaler, runtime,
+    row = run_epoch(model, spy, train_loader, val_loader, build_loss("bce_dice"), optimizer, scaler, runtime,
                      cfg.train, epoch=1)
 
     expected_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lggseg import pipeline
-from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.core.paths import Paths
-
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from filesystems import fill, small_filesystem
+from lggseg import pipeline
+from lggseg.core.paths import Paths
+from lggseg.data.synthetic import write_kaggle_zip
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="tmpfs mounts are Linux")
 

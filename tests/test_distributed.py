@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
+from lggseg.core.paths import Paths
+from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import resolve_runtime
 from lggseg.model.distributed import Group, ShardSampler
-from lggseg.model.networks import load_checkpoint
-from lggseg.core.paths import Paths
-from lggseg.training.loop import build_loss, make_loaders, validate
-
-from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
+from lggseg.training.recipe import build_loss, make_loaders
+from lggseg.training.validation import validate
 
 DDP = (*TINY, "model.architectures=[unet]", "train.nproc=2", "train.device=cpu", "train.epochs=2", "train.batch_size=8",
        "train.precision=fp32")

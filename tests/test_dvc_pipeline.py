@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, mlflow_client
-from dvc_project import make_dvc_repo, run as _run, set_params, stages_run
-from lggseg.tracking.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
+from dvc_project import make_dvc_repo, set_params, stages_run
+from dvc_project import run as _run
 from lggseg.core.paths import Paths
+from lggseg.tracking.experiments import EXPERIMENT_MARK, dvc_experiments, experiments_table, format_experiments
 
 pytestmark = pytest.mark.slow
 

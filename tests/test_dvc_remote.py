@@ -12,7 +12,7 @@ import torch
 from conftest import TINY
 from dvc_project import make_dvc_repo, run, set_params, stages_run
 from lggseg.data.dataset import SliceDataset
-from lggseg.model.networks import load_checkpoint
+from lggseg.model.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

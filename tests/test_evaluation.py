@@ -4,18 +4,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from lggseg import pipeline
-from lggseg.data.preprocess import load_split, to_model_input
 from scipy import stats
 
+from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
+from lggseg import pipeline
+from lggseg.data.preprocess import load_split, to_model_input
 from lggseg.evaluation.evaluate import (
-    HEADLINE_METRICS, INTERVAL_METRICS, SplitPredictions, choose_detection_rule, detection_scores, headline_keys,
+    HEADLINE_METRICS,
+    INTERVAL_METRICS,
+    SplitPredictions,
+    choose_detection_rule,
+    detection_scores,
+    headline_keys,
 )
 from lggseg.evaluation.intervals import SEED
-from lggseg.tracking.runs import Tracker
-
-from conftest import TRAINED_EPOCHS, mlflow_client, tiny_config
+from lggseg.tracking.registry import ModelRegistry
+from lggseg.tracking.store import MlflowStore
 
 REQUIRED_METRICS = {
     "dice_patient_mean", "dice_patient_median", "dice_slice_mean", "dice_positive_slices_mean", "dice_pooled",
@@ -138,13 +142,13 @@ def test_comparison_carries_intervals_and_says_whether_the_difference_is_real(tr
 
 def test_registered_models_load_and_segment(trained_project):
     paths, cfg = trained_project
-    tracker = Tracker(cfg.mlflow, paths.root)
+    registry = ModelRegistry(MlflowStore(cfg.mlflow, paths.root))
     images, masks, _ = load_split(paths.processed, "test")
     positive = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1))[:8]
     x = torch.from_numpy(to_model_input(images[positive]))
     truth = torch.from_numpy(np.asarray(masks[positive])).bool()
     for uri in ("models:/lgg-segmentation@champion", "models:/lgg-unet/1", "models:/lgg-fpn@candidate"):
-        model = tracker.load_model(uri)  # a torch.export module, already in inference mode
+        model = registry.load_model(uri)  # a torch.export module, already in inference mode
         with torch.no_grad():
             pred = torch.sigmoid(model(x))[:, 0] > 0.5
         assert pred.shape == truth.shape

@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lggseg import pipeline
-from lggseg.model.devices import inference_runtime
-from lggseg.evaluation.evaluate import predict_split
-from lggseg.model.inference import prepare_for_inference
-from lggseg.model.networks import load_checkpoint
-from lggseg.core.paths import Paths
-
 from conftest import tiny_config
+from lggseg import pipeline
+from lggseg.core.paths import Paths
+from lggseg.evaluation.evaluate import predict_split
+from lggseg.model.checkpoint import load_checkpoint
+from lggseg.model.devices import inference_runtime
+from lggseg.model.inference import prepare_for_inference
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lggseg import pipeline
-from lggseg.data.preprocess import load_split
-from lggseg.core.paths import SPLITS, Paths
-
 from conftest import TINY, cli_args, start_lggseg, tiny_config
+from lggseg import pipeline
+from lggseg.core.paths import SPLITS, Paths
+from lggseg.data.preprocess import load_split
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and PIDs in temporary names are POSIX")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lggseg.core.config import load_config
-
 from conftest import PARAMS, REPO
+from lggseg.core.config import load_config
 
 
 def makefile_settings(variable: str) -> list[str]:

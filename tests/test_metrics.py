@@ -10,13 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lggseg.metrics.detection import choose_detection_threshold, detection_metrics, roc_points
 from lggseg.metrics.segmentation import (
     SliceCountAccumulator,
-    choose_detection_threshold,
-    detection_metrics,
     largest_component_3d,
     patient_table,
-    roc_points,
     segmentation_summary,
     slice_counts,
     slice_dice,

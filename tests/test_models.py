@@ -3,9 +3,8 @@ import socket
 import pytest
 import torch
 
-from lggseg.model.networks import (
-    ModelConfigError, ModelSpec, UnsafeCheckpointError, create_model, load_checkpoint, save_checkpoint,
-)
+from lggseg.model.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from lggseg.model.networks import ModelConfigError, ModelSpec, create_model
 
 
 def test_any_smp_architecture_by_name():

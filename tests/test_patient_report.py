@@ -12,20 +12,23 @@ import re
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
 
+from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR
 from lggseg.prediction.report import (
     DISCLAIMER,
     MAX_TILES,
+    TEMPLATES,
+    area_chart_figure,
     index_html,
     middle_positions,
     montage_positions,
     overlay_tile,
     report_html,
 )
-from lggseg.evaluation.figures import PRED_COLOR, TRUTH_COLOR
 from servers import BROWSER_ARGS, chromium_executable, skip_or_fail
 
 SIZE = 64
@@ -96,6 +99,10 @@ def external_references(document: str) -> dict[str, list[str]]:
     return {name: pattern.findall(document) for name, pattern in EXTERNAL.items() if pattern.search(document)}
 
 
+def chart_uri(document: str) -> str:
+    return re.search(r'<img src="([^"]+)" class="chart"', document).group(1)
+
+
 def tile_captions(document: str) -> list[str]:
     return re.findall(r"<figcaption><b>(slice \d+)</b>", document)
 
@@ -134,7 +141,7 @@ def test_report_escapes_strings_from_the_report():
     report["notes"] = ["<script>alert(1)</script>"]
     document = report_html(report, flair_volume(), pred, None)
     assert case not in document and "<script>" not in document
-    assert "a&lt;b&gt;&amp;&quot;c" in document
+    assert "a&lt;b&gt;&amp;&#34;c" in document
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in document
 
 
@@ -177,16 +184,23 @@ def test_without_ground_truth_there_is_no_dice_and_no_truth_legend():
     assert "ground truth (given masks)" not in document and "swatch truth" not in document
     assert "<th>Dice</th>" not in document and "<th>true px</th>" not in document
     assert "Dice " not in " ".join(re.findall(r"<figcaption>.*?</figcaption>", document))
-    assert 'class="truth"' not in document  # no true-area line in the chart
+    assert "true area (line)" not in document  # no true-area line in the chart
+    assert color_pixels(decode_data_uri(chart_uri(document)), TRUTH_COLOR) == 0
     assert "no ground-truth masks" in document
 
 
 def test_area_chart_has_one_bar_per_predicted_slice_and_a_truth_line(with_truth):
+    slices = with_truth[0]["slices"]
+    figure = area_chart_figure([s["slice"] for s in slices], [s["predicted_pixels"] for s in slices],
+                               [s["true_pixels"] for s in slices])
+    axes = figure.axes[0]
+    assert len(axes.patches) == len(PRED_SLICES)
+    assert [line.get_label() for line in axes.lines] == ["true area (line)"]
+    assert axes.get_xlabel() == "slice number" and axes.get_ylabel() == "tumour area (pixels)"
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["predicted area (bars)", "true area (line)"]
     document = report_html(*with_truth)
-    svg = re.search(r"<svg .*?</svg>", document, re.S).group(0)
-    assert len(re.findall(r'<rect class="bar"', svg)) == len(PRED_SLICES)
-    assert '<polyline class="truth"' in svg
-    assert "slice number" in svg and "tumour area (pixels)" in svg
+    assert "predicted area (bars) and true area (line)" in document  # the chart's alt text
+    assert color_pixels(decode_data_uri(chart_uri(document)), TRUTH_COLOR) > 0
 
 
 def test_montage_is_capped_and_says_how_many_are_left_out():
@@ -222,6 +236,36 @@ def test_report_rejects_arrays_that_do_not_match(with_truth, bad):
         report_html(report, flair, pred, truth)
 
 
+def test_every_string_from_the_scan_is_escaped(with_truth):
+    report, flair, pred, truth = with_truth
+    evil = '<evil x="1">'
+    report = {**report, "case": evil, "created": evil, "lggseg_version": evil, "notes": [evil], "disclaimer": evil,
+              "model": {**report["model"], **{k: evil for k in ("uri", "registered_model", "version", "architecture",
+                                                                 "encoder", "channels", "run_id")}},
+              "runtime": {**report["runtime"], "device": evil, "precision": evil},
+              "input": {**report["input"], "path": evil, "image_size": [evil, evil]},
+              "patient": {**report["patient"], "dice": None, "dice_note": evil + "note"},
+              "slices": [{**entry, "image": evil, "slice": evil} for entry in report["slices"]]}
+    document = report_html(report, flair, pred, truth)
+    assert "<evil" not in document
+    assert document.count("&lt;evil x=&#34;1&#34;&gt;") > 30
+    index = index_html(summary_frame().assign(case=evil, report="x/report.html"), title=evil)
+    assert "<evil" not in index and index.count("&lt;evil") == 5  # title twice, three rows
+
+
+def test_pages_inline_report_css_and_reference_nothing_outside(with_truth):
+    css = TEMPLATES.loader.get_source(TEMPLATES, "report.css")[0]
+    for document in (report_html(*with_truth), index_html(summary_frame())):
+        assert css in document and f"--pred: {PRED_COLOR}; --truth: {TRUTH_COLOR};" in document
+        assert external_references(document) == {}
+        assert "<script" not in document.lower()
+
+
+def test_a_template_value_that_is_not_given_fails_loudly():
+    with pytest.raises(jinja2.UndefinedError, match="rows"):
+        TEMPLATES.get_template("index.html.j2").render(title="t", disclaimer="d", scored=0, mean_dice=None)
+
+
 # -------------------------------------------------------------------------------------------- index.html
 
 
@@ -241,9 +285,9 @@ def test_index_links_every_case_to_its_report():
     document = index_html(summary_frame())
     links = re.findall(r'<a href="([^"]+)">([^<]*)</a>', document)
     assert links == [("TCGA_A/report.html", "TCGA_A"), ("TCGA_B/report.html", "TCGA_B"),
-                     ("a%3Cb%3E%26%22c/report.html", "a&lt;b&gt;&amp;&quot;c")]  # sorted by case
+                     ("a%3Cb%3E%26%22c/report.html", "a&lt;b&gt;&amp;&#34;c")]  # sorted by case
     assert "0.700" in document and "2 of 3 patients" in document  # mean Dice over those that have one
-    assert DISCLAIMER.replace("'", "&#x27;") in document
+    assert DISCLAIMER.replace("'", "&#39;") in document
     assert external_references(document) == {}
 
 
@@ -299,6 +343,6 @@ def test_report_opens_offline_in_chromium(with_truth, tmp_path):
     print(f"screenshot: {artifacts / 'patient-report.png'}")
     assert report_path.as_uri() in requests
     assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
-    assert len(images) == len(set(PRED_SLICES) | set(TRUTH_SLICES))
+    assert len(images) == len(set(PRED_SLICES) | set(TRUTH_SLICES)) + 1  # the tiles and the area chart
     assert all(complete and width > 0 for complete, width in images), images
     assert disclaimer_visible

@@ -17,13 +17,13 @@ import torch
 from conftest import PARAMS, mlflow_client, tiny_config
 from lggseg import pipeline
 from lggseg.cli import main
-from lggseg.data.preprocess import prepare_mask
-from lggseg.model.devices import resolve_runtime
-from lggseg.evaluation.evaluate import count_table
-from lggseg.model.inference import predict_probabilities
-from lggseg.metrics.segmentation import segmentation_summary, slice_dice
-from lggseg.model.networks import ModelSpec, create_model
 from lggseg.core.paths import Paths
+from lggseg.data.preprocess import prepare_mask
+from lggseg.evaluation.evaluate import count_table
+from lggseg.metrics.segmentation import segmentation_summary, slice_dice
+from lggseg.model.devices import resolve_runtime
+from lggseg.model.inference import predict_probabilities
+from lggseg.model.networks import ModelSpec, create_model
 
 EXTERNAL = re.compile(r"https?://|<link\b|<script[^>]*\bsrc=|\bsrc=\"(?!data:)", re.IGNORECASE)
 

@@ -18,10 +18,11 @@ import tifffile
 import torch
 
 from conftest import PARAMS
-from lggseg.core.atomic import write_json
 from lggseg.cli import main
+from lggseg.core.atomic import write_json
 from lggseg.data import scans, synthetic
-from lggseg.model.networks import ModelSpec, create_model, save_checkpoint
+from lggseg.model.checkpoint import save_checkpoint
+from lggseg.model.networks import ModelSpec, create_model
 from lggseg.prediction.predict import OUTPUT_MARKER
 
 SECRET = "s3cr:$6$Zq9v1/hash-of-the-admin:19000:0:99999:7:::\n"  # /etc/shadow-like

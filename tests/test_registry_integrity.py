@@ -13,17 +13,17 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote, urlparse
 
 import pytest
 
+from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from lggseg import pipeline
 from lggseg.core.paths import Paths
-from lggseg.tracking.runs import Tracker
-
-from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
+from lggseg.tracking.registry import ModelRegistry
+from lggseg.tracking.store import MlflowStore
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
@@ -192,7 +192,8 @@ def test_check_champion_verifies_the_registry_champion_holds_the_weights_it_scor
     weights = _sha256(paths.model_dir("unet") / "best.pt")
     # a champion whose tag lies: the earlier training's weights, tagged with the evaluated hash
     earlier = _versions(client, "lgg-unet")[1]
-    liar = client.get_model_version("lgg-segmentation", Tracker(tiny_config(*SETTINGS).mlflow, paths.root).register(
+    registry = ModelRegistry(MlflowStore(tiny_config(*SETTINGS).mlflow, paths.root))
+    liar = client.get_model_version("lgg-segmentation", registry.register(
         earlier.source, "lgg-segmentation", "champion", {**champion.tags, "weights_sha256": weights}))
     try:
         code, output = _finish("check-champion", paths, tmp_path / "check.log", arch=None)

@@ -16,17 +16,21 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import PARAMS, TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from lggseg import pipeline
 from lggseg.cli import main
 from lggseg.core.config import MlflowConfig
-from lggseg.model.devices import resolve_runtime, seed_everything
 from lggseg.core.locks import architecture_lock
-from lggseg.model.networks import ModelSpec, create_model
 from lggseg.core.paths import Paths
-from lggseg.tracking.runs import Tracker, TrackingError, read_run_pointer
-from lggseg.training.loop import TrainingDiverged, TrainingState, _log_missing_epochs, build_loss, make_loaders, validate
-
-from conftest import PARAMS, TINY, cli_args, mlflow_client, start_lggseg, tiny_config
+from lggseg.model.devices import resolve_runtime, seed_everything
+from lggseg.model.networks import ModelSpec, create_model
+from lggseg.tracking.runs import Tracker, read_run_pointer
+from lggseg.tracking.store import TrackingError
+from lggseg.training.divergence import TrainingDiverged
+from lggseg.training.recipe import build_loss, make_loaders
+from lggseg.training.run_record import log_missing_epochs
+from lggseg.training.state import TrainingState
+from lggseg.training.validation import validate
 
 
 def _project_with_data(tmp_path: Path, prepared_project: Paths, name: str = "project") -> Paths:
@@ -172,8 +176,8 @@ def test_epochs_saved_but_not_logged_before_a_kill_are_logged_once_on_resume(tmp
     state = TrainingState(epoch=2, history=[{"epoch": 1, "val_dice_patient": 0.5}, {"epoch": 2, "val_dice_patient": 0.6}])
     state.run_id = tracker.start_run("unet", {}, {})
     tracker.log_metrics(state.run_id, {"val_dice_patient": 0.5}, step=1)  # the kill came before step 2
-    _log_missing_epochs(tracker, state)
-    _log_missing_epochs(tracker, state)  # and again: nothing twice
+    log_missing_epochs(tracker, state)
+    log_missing_epochs(tracker, state)  # and again: nothing twice
     history = tracker.client.get_metric_history(state.run_id, "val_dice_patient")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6)]
 

@@ -1,5 +1,5 @@
-"""Tests for lggseg.evaluation.figures: every figure is a real PNG on disk, tables format and order as documented,
-and writers are atomic (no temp files, old outputs survive a failure)."""
+"""Tests for the lggseg.evaluation.figures package: every figure is a real PNG on disk, tables format and order
+as documented, and writers are atomic (no temp files, old outputs survive a failure)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,25 @@ from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
-from lggseg.evaluation import figures as reports
+from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR
+from lggseg.evaluation.figures.comparison import (
+    COMPARISON_COLUMNS,
+    COMPARISON_METRICS,
+    METRIC_LABELS,
+    comparison_chart_figure,
+    comparison_chart_series,
+    comparison_table,
+    write_comparison,
+)
+from lggseg.evaluation.figures.dice import plot_dice_per_patient
+from lggseg.evaluation.figures.overlays import (
+    panel_title,
+    plot_patient_montage,
+    plot_patient_overlays,
+    select_tumor_slices,
+)
+from lggseg.evaluation.figures.roc import plot_roc, roc_figure
+from lggseg.evaluation.figures.training_history import plot_training_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLICE_SIZE = 64
@@ -92,7 +110,7 @@ def comparison_rows() -> list[dict]:
 
 
 def full_comparison_rows(*, with_quartiles: bool = False) -> list[dict]:
-    """Rows with every column reports.COMPARISON_METRICS puts in the table (optionally the quartiles too)."""
+    """Rows with every column COMPARISON_METRICS puts in the table (optionally the quartiles too)."""
     rows = []
     for architecture, shift in (("unet", 0.0), ("fpn", -0.01)):
         row = {
@@ -142,7 +160,7 @@ def history_frame(n_epochs: int = 8, *, with_lr: bool = True) -> pd.DataFrame:
 @pytest.mark.parametrize("as_float", [False, True], ids=["uint8", "float"])
 def test_overlays_write_png_with_both_contour_colours(tmp_path, as_float):
     flair, truth, pred, slice_numbers = make_patient(as_float=as_float)
-    out = reports.plot_patient_overlays(
+    out = plot_patient_overlays(
         flair, truth, pred, slice_numbers, title="TCGA_CS_4941_19960909", out_path=tmp_path / "overlay.png"
     )
     assert out == tmp_path / "overlay.png"
@@ -150,18 +168,18 @@ def test_overlays_write_png_with_both_contour_colours(tmp_path, as_float):
 
     empty_flair, empty_truth, empty_pred, _ = make_patient(with_tumor=False, as_float=as_float)
     legend_only = read_png(
-        reports.plot_patient_overlays(
+        plot_patient_overlays(
             empty_flair, empty_truth, empty_pred, slice_numbers, title="empty", out_path=tmp_path / "empty.png"
         )
     )
     # Only the legend carries the colours when nothing is segmented; with tumor the contours add many more.
-    for color in (reports.TRUTH_COLOR, reports.PRED_COLOR):
+    for color in (TRUTH_COLOR, PRED_COLOR):
         assert count_color(image, color) > 3 * count_color(legend_only, color) > 0
 
 
 def test_overlays_of_patient_without_any_tumor(tmp_path):
     flair, truth, pred, slice_numbers = make_patient(with_tumor=False)
-    out = reports.plot_patient_overlays(
+    out = plot_patient_overlays(
         flair, truth, pred, slice_numbers, title="no tumor", out_path=tmp_path / "overlay.png"
     )
     read_png(out)
@@ -169,13 +187,13 @@ def test_overlays_of_patient_without_any_tumor(tmp_path):
 
 def test_overlays_with_more_requested_slices_than_the_patient_has(tmp_path):
     flair, truth, pred, slice_numbers = make_patient(n_slices=2)
-    out = reports.plot_patient_overlays(
+    out = plot_patient_overlays(
         flair, truth, pred, slice_numbers, title="short", out_path=tmp_path / "overlay.png", n_slices=6
     )
     two_panels = read_png(out)
     flair6, truth6, pred6, numbers6 = make_patient(n_slices=12)
     six_panels = read_png(
-        reports.plot_patient_overlays(
+        plot_patient_overlays(
             flair6, truth6, pred6, numbers6, title="long", out_path=tmp_path / "six.png", n_slices=6
         )
     )
@@ -190,43 +208,43 @@ def test_select_tumor_slices_picks_largest_tumor_in_slice_order():
     pred[1, :3, :3] = 1  # 9 px, prediction only still counts
     truth[2, 0, 0] = 1  # 1 px
     pred[2, 0, 0] = 1  # same pixel: union stays 1 px
-    assert reports.select_tumor_slices(truth, pred, 2).tolist() == [1, 4]
-    assert reports.select_tumor_slices(truth, pred, 3).tolist() == [1, 2, 4]
-    assert reports.select_tumor_slices(truth, pred, 10).tolist() == [0, 1, 2, 3, 4, 5]
+    assert select_tumor_slices(truth, pred, 2).tolist() == [1, 4]
+    assert select_tumor_slices(truth, pred, 3).tolist() == [1, 2, 4]
+    assert select_tumor_slices(truth, pred, 10).tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_select_tumor_slices_of_empty_patient_prefers_middle_slices():
     empty = np.zeros((9, 4, 4), dtype=np.uint8)
-    assert reports.select_tumor_slices(empty, empty, 3).tolist() == [3, 4, 5]
+    assert select_tumor_slices(empty, empty, 3).tolist() == [3, 4, 5]
     with pytest.raises(ValueError, match="n_slices"):
-        reports.select_tumor_slices(empty, empty, 0)
+        select_tumor_slices(empty, empty, 0)
 
 
 def test_panel_title_reports_per_slice_dice_or_empty():
     truth = np.zeros((4, 4), dtype=np.uint8)
     pred = np.zeros_like(truth)
-    assert reports.panel_title(17, truth, pred) == "slice 17  empty"
+    assert panel_title(17, truth, pred) == "slice 17  empty"
     truth[0, :2] = 1  # 2 px
     pred[0, :1] = 1  # 1 px overlapping -> Dice = 2*1/3
-    assert reports.panel_title(3, truth, pred) == "slice 3  Dice 0.67"
-    assert reports.panel_title(3, truth, np.zeros_like(truth)) == "slice 3  Dice 0.00"
+    assert panel_title(3, truth, pred) == "slice 3  Dice 0.67"
+    assert panel_title(3, truth, np.zeros_like(truth)) == "slice 3  Dice 0.00"
 
 
 def test_montage_grid_follows_columns(tmp_path):
     flair, truth, pred, slice_numbers = make_patient(n_slices=16)
     wide = read_png(
-        reports.plot_patient_montage(
+        plot_patient_montage(
             flair, truth, pred, slice_numbers, title="wide", out_path=tmp_path / "wide.png", columns=8
         )
     )
     tall = read_png(
-        reports.plot_patient_montage(
+        plot_patient_montage(
             flair, truth, pred, slice_numbers, title="tall", out_path=tmp_path / "tall.png", columns=2
         )
     )
     assert wide.shape[1] > wide.shape[0]  # 8 x 2 panels
     assert tall.shape[0] > 2 * tall.shape[1]  # 2 x 8 panels
-    assert count_color(wide, reports.TRUTH_COLOR) > 0 and count_color(wide, reports.PRED_COLOR) > 0
+    assert count_color(wide, TRUTH_COLOR) > 0 and count_color(wide, PRED_COLOR) > 0
 
 
 @pytest.mark.parametrize(
@@ -242,7 +260,7 @@ def test_montage_grid_follows_columns(tmp_path):
 )
 def test_patient_views_reject_bad_input(tmp_path, change, message):
     arrays = change(*make_patient())
-    for plot in (reports.plot_patient_overlays, reports.plot_patient_montage):
+    for plot in (plot_patient_overlays, plot_patient_montage):
         with pytest.raises(ValueError, match=message):
             plot(*arrays, title="bad", out_path=tmp_path / "bad.png")
     assert list(tmp_path.iterdir()) == []
@@ -251,14 +269,14 @@ def test_patient_views_reject_bad_input(tmp_path, change, message):
 def test_figures_are_identical_when_rendered_from_threads(tmp_path):
     """No pyplot state: concurrent renders must not bleed into each other."""
     flair, truth, pred, slice_numbers = make_patient()
-    serial = reports.plot_patient_overlays(
+    serial = plot_patient_overlays(
         flair, truth, pred, slice_numbers, title="patient", out_path=tmp_path / "serial.png"
     ).read_bytes()
     errors: list[BaseException] = []
 
     def render(index: int) -> None:
         try:
-            reports.plot_patient_overlays(
+            plot_patient_overlays(
                 flair, truth, pred, slice_numbers, title="patient", out_path=tmp_path / f"thread{index}.png"
             )
         except BaseException as error:  # collected and re-raised in the main thread below
@@ -279,8 +297,8 @@ def test_no_pyplot_figures_are_left_open(tmp_path):
 
     plt.close("all")
     flair, truth, pred, slice_numbers = make_patient()
-    reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
-    reports.plot_training_history(history_frame(), tmp_path / "h.png", title="h")
+    plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
+    plot_training_history(history_frame(), tmp_path / "h.png", title="h")
     assert plt.get_fignums() == []
 
 
@@ -298,7 +316,7 @@ def test_dice_per_patient_writes_png(tmp_path, with_institution):
     per_patient.loc[5, "dice"] = np.nan  # e.g. undefined Dice must not crash the chart
     if with_institution:
         per_patient["institution"] = ["CS", "DU", "HT"] * 4
-    out = reports.plot_dice_per_patient(per_patient, tmp_path / "dice.png")
+    out = plot_dice_per_patient(per_patient, tmp_path / "dice.png")
     assert out == tmp_path / "dice.png"
     read_png(out)
 
@@ -306,10 +324,10 @@ def test_dice_per_patient_writes_png(tmp_path, with_institution):
 def test_dice_per_patient_missing_column_keeps_old_file(tmp_path):
     out = tmp_path / "dice.png"
     good = pd.DataFrame({"patient_id": ["a", "b"], "dice": [0.8, 0.6]})
-    reports.plot_dice_per_patient(good, out)
+    plot_dice_per_patient(good, out)
     before = out.read_bytes()
     with pytest.raises(KeyError, match="dice"):
-        reports.plot_dice_per_patient(good.rename(columns={"dice": "volume_dice"}), out)
+        plot_dice_per_patient(good.rename(columns={"dice": "volume_dice"}), out)
     assert out.read_bytes() == before
     assert leftover_temp_files(tmp_path) == []
 
@@ -318,25 +336,25 @@ def test_dice_per_patient_missing_column_keeps_old_file(tmp_path):
 def test_training_history_writes_png(tmp_path, with_lr):
     history = history_frame(with_lr=with_lr)
     history.loc[[1, 3], ["val_loss", "val_dice_slice", "val_dice_patient"]] = np.nan  # validation skipped
-    read_png(reports.plot_training_history(history, tmp_path / "history.png", title="unet"))
+    read_png(plot_training_history(history, tmp_path / "history.png", title="unet"))
 
 
 def test_training_history_single_epoch(tmp_path):
-    read_png(reports.plot_training_history(history_frame(1), tmp_path / "history.png", title="unet"))
+    read_png(plot_training_history(history_frame(1), tmp_path / "history.png", title="unet"))
 
 
 def test_training_history_missing_column_names_it(tmp_path):
     out = tmp_path / "history.png"
-    reports.plot_training_history(history_frame(), out, title="unet")
+    plot_training_history(history_frame(), out, title="unet")
     before = out.read_bytes()
     with pytest.raises(KeyError, match="val_dice_patient"):
-        reports.plot_training_history(history_frame().drop(columns="val_dice_patient"), out, title="unet")
+        plot_training_history(history_frame().drop(columns="val_dice_patient"), out, title="unet")
     assert out.read_bytes() == before
 
 
 def test_roc_axes_are_padded_so_a_perfect_curve_stays_visible():
     perfect = pd.DataFrame({"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]})
-    ax = reports.roc_figure(perfect, 1.0, title="perfect").axes[0]
+    ax = roc_figure(perfect, 1.0, title="perfect").axes[0]
     for low, high in (ax.get_xlim(), ax.get_ylim()):
         assert low < 0 and high > 1  # the curve along x=0 and y=1 is off the frame
     curve = next(line for line in ax.get_lines() if line.get_label() == "AUC = 1.000")
@@ -347,9 +365,9 @@ def test_roc_axes_are_padded_so_a_perfect_curve_stays_visible():
 def test_roc_writes_png(tmp_path):
     fpr = np.linspace(0, 1, 30)
     roc = pd.DataFrame({"fpr": fpr, "tpr": np.sqrt(fpr)})
-    read_png(reports.plot_roc(roc, 0.912, tmp_path / "roc.png", title="slice detection"))
+    read_png(plot_roc(roc, 0.912, tmp_path / "roc.png", title="slice detection"))
     with pytest.raises(KeyError, match="tpr"):
-        reports.plot_roc(roc[["fpr"]], 0.912, tmp_path / "roc2.png", title="x")
+        plot_roc(roc[["fpr"]], 0.912, tmp_path / "roc2.png", title="x")
     assert not (tmp_path / "roc2.png").exists()
 
 
@@ -357,7 +375,7 @@ def test_roc_writes_png(tmp_path):
 
 
 def test_comparison_table_orders_columns_and_rows():
-    table = reports.comparison_table(comparison_rows())
+    table = comparison_table(comparison_rows())
     assert table["architecture"].tolist() == ["unet", "fpn", "linknet"]
     assert table.columns.tolist() == [
         "architecture",
@@ -375,16 +393,16 @@ def test_comparison_table_rejects_incomplete_or_duplicate_rows():
     rows = comparison_rows()
     del rows[1]["val_dice_patient"]
     with pytest.raises(KeyError, match="val_dice_patient"):
-        reports.comparison_table(rows)
+        comparison_table(rows)
     with pytest.raises(ValueError, match="fpn"):
-        reports.comparison_table(comparison_rows() + [comparison_rows()[0]])
+        comparison_table(comparison_rows() + [comparison_rows()[0]])
     with pytest.raises(ValueError):
-        reports.comparison_table([])
+        comparison_table([])
 
 
 def test_write_comparison_markdown_csv_and_chart(tmp_path):
-    table = reports.comparison_table(comparison_rows())
-    paths = reports.write_comparison(table, tmp_path / "compare", champion="unet")
+    table = comparison_table(comparison_rows())
+    paths = write_comparison(table, tmp_path / "compare", champion="unet")
     assert paths == {
         "markdown": tmp_path / "compare" / "comparison.md",
         "csv": tmp_path / "compare" / "comparison.csv",
@@ -418,36 +436,36 @@ def test_write_comparison_markdown_csv_and_chart(tmp_path):
 
 
 def test_write_comparison_without_champion(tmp_path):
-    table = reports.comparison_table(comparison_rows())
-    paths = reports.write_comparison(table, tmp_path, champion=None)
+    table = comparison_table(comparison_rows())
+    paths = write_comparison(table, tmp_path, champion=None)
     markdown = paths["markdown"].read_text(encoding="utf-8")
     assert "(champion)" not in markdown
     assert "No champion" in markdown
 
 
 def test_write_comparison_failure_keeps_previous_outputs(tmp_path):
-    table = reports.comparison_table(comparison_rows())
-    paths = reports.write_comparison(table, tmp_path, champion="unet")
+    table = comparison_table(comparison_rows())
+    paths = write_comparison(table, tmp_path, champion="unet")
     before = {name: path.read_bytes() for name, path in paths.items()}
 
     with pytest.raises(ValueError, match="resnet"):
-        reports.write_comparison(table, tmp_path, champion="resnet")
+        write_comparison(table, tmp_path, champion="resnet")
     with pytest.raises(KeyError, match="val_dice_patient"):
-        reports.write_comparison(table.drop(columns="val_dice_patient"), tmp_path, champion="unet")
+        write_comparison(table.drop(columns="val_dice_patient"), tmp_path, champion="unet")
 
     assert {name: path.read_bytes() for name, path in paths.items()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["comparison.csv", "comparison.md", "comparison.png"]
 
 
 def test_comparison_columns_all_have_labels():
-    assert set(reports.COMPARISON_METRICS) <= set(reports.METRIC_LABELS)
-    table = reports.comparison_table(full_comparison_rows(with_quartiles=True))
-    assert table.columns.tolist() == list(reports.COMPARISON_COLUMNS)
+    assert set(COMPARISON_METRICS) <= set(METRIC_LABELS)
+    table = comparison_table(full_comparison_rows(with_quartiles=True))
+    assert table.columns.tolist() == list(COMPARISON_COLUMNS)
 
 
 def test_comparison_chart_series_are_dice_scores_with_readable_labels():
-    table = reports.comparison_table(full_comparison_rows())
-    series = reports.comparison_chart_series(table)
+    table = comparison_table(full_comparison_rows())
+    series = comparison_chart_series(table)
     assert [column for _, column in series] == [
         "val_dice_patient",
         "dice_patient_mean",
@@ -463,12 +481,12 @@ def test_comparison_chart_series_are_dice_scores_with_readable_labels():
     for label, column in series:
         assert "_" not in label and column not in label and "Dice" in label
 
-    sparse = reports.comparison_table(comparison_rows())  # only some Dice columns present
-    assert [column for _, column in reports.comparison_chart_series(sparse)] == [
+    sparse = comparison_table(comparison_rows())  # only some Dice columns present
+    assert [column for _, column in comparison_chart_series(sparse)] == [
         "val_dice_patient", "dice_patient_mean", "dice_pooled"
     ]
     with pytest.raises(ValueError, match="Dice columns"):
-        reports.comparison_chart_series(table.drop(columns=[column for _, column in series]))
+        comparison_chart_series(table.drop(columns=[column for _, column in series]))
 
 
 def _legend_texts(figure: Figure) -> list[str]:
@@ -476,10 +494,10 @@ def _legend_texts(figure: Figure) -> list[str]:
 
 
 def test_comparison_chart_draws_one_bar_per_dice_score_with_readable_legend():
-    table = reports.comparison_table(full_comparison_rows())
-    figure = reports.comparison_chart_figure(table, "unet")
+    table = comparison_table(full_comparison_rows())
+    figure = comparison_chart_figure(table, "unet")
     ax = figure.axes[0]
-    series = reports.comparison_chart_series(table)
+    series = comparison_chart_series(table)
     bar_groups = [container for container in ax.containers if isinstance(container, BarContainer)]
     assert [container.get_label() for container in bar_groups] == [label for label, _ in series]
     for container, (_, column) in zip(bar_groups, series, strict=True):
@@ -496,8 +514,8 @@ def test_comparison_chart_draws_one_bar_per_dice_score_with_readable_legend():
 
 
 def test_comparison_chart_shows_quartiles_as_error_bar_on_the_median():
-    table = reports.comparison_table(full_comparison_rows(with_quartiles=True))
-    figure = reports.comparison_chart_figure(table, None)
+    table = comparison_table(full_comparison_rows(with_quartiles=True))
+    figure = comparison_chart_figure(table, None)
     ax = figure.axes[0]
     (error_bars,) = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
     assert error_bars.get_label() == "test Dice per patient (inter-quartile range, Q1-Q3)"
@@ -512,14 +530,14 @@ def test_comparison_chart_shows_quartiles_as_error_bar_on_the_median():
 
 
 def test_comparison_markdown_explains_every_column_key(tmp_path):
-    table = reports.comparison_table(full_comparison_rows())
-    markdown = reports.write_comparison(table, tmp_path, champion="unet")["markdown"].read_text(encoding="utf-8")
+    table = comparison_table(full_comparison_rows())
+    markdown = write_comparison(table, tmp_path, champion="unet")["markdown"].read_text(encoding="utf-8")
     header_line = next(line for line in markdown.splitlines() if line.startswith("|"))
     header = [cell.strip() for cell in header_line.strip("|").split("|")]
     assert header[0] == "architecture" and header[4] == "dice_patient_iqr (%)"  # keys as in comparison.csv
     assert len(header) == len(table.columns)
     for column in table.columns[1:]:
-        assert f"- `{column}`: {reports.METRIC_LABELS[column]}" in markdown
+        assert f"- `{column}`: {METRIC_LABELS[column]}" in markdown
     assert "- `dice_patient_iqr`: test Dice per patient (inter-quartile range" in markdown
 
 
@@ -528,7 +546,7 @@ def test_comparison_markdown_explains_every_column_key(tmp_path):
 
 def test_render_failure_midway_keeps_old_png(tmp_path, monkeypatch):
     flair, truth, pred, slice_numbers = make_patient()
-    out = reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
+    out = plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=tmp_path / "o.png")
     before = out.read_bytes()
 
     def broken_savefig(self, fname, **kwargs):
@@ -537,6 +555,6 @@ def test_render_failure_midway_keeps_old_png(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
     with pytest.raises(RuntimeError, match="disk full"):
-        reports.plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=out)
+        plot_patient_overlays(flair, truth, pred, slice_numbers, title="p", out_path=out)
     assert out.read_bytes() == before
     assert leftover_temp_files(tmp_path) == []

@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import mlflow_client, tiny_config
 from lggseg import pipeline
 from lggseg.core.paths import Paths
 from lggseg.tracking.runs import read_run_pointer
-
-from conftest import mlflow_client, tiny_config
 
 ONE_EPOCH = ("model.architectures=[unet]", "train.epochs=1")
 
@@ -90,7 +89,7 @@ def test_other_data_under_the_same_params_is_refused(trained_one_epoch, tmp_path
 
 def test_allowed_changes_resume_and_are_logged_as_what_they_are(trained_one_epoch, tmp_path, caplog):
     paths = _copy(trained_one_epoch, tmp_path)
-    with caplog.at_level(logging.INFO, logger="lggseg.training.loop"):
+    with caplog.at_level(logging.INFO, logger="lggseg.training"):
         pipeline.train(tiny_config(*ONE_EPOCH, "train.epochs=2", "train.resume=true", "train.early_stopping_patience=3",
                                    "train.device=cpu", "train.memory_format=contiguous"), paths, "unet")
     assert "changed on resume (allowed): train.epochs 1 -> 2" in caplog.text
@@ -117,7 +116,7 @@ def test_a_cosine_schedule_cannot_stretch_to_more_epochs(tmp_path, prepared_proj
 def test_a_new_training_removes_the_previous_summary_and_keeps_the_last_good_model(trained_one_epoch, tmp_path):
     """A new run's best.pt never sits beside the previous run's train_summary.json (evaluate would take them
     for one run); a new run that fails before its first checkpoint keeps the previous run's model."""
-    from lggseg.training.loop import TrainingDiverged
+    from lggseg.training.divergence import TrainingDiverged
 
     paths = _copy(trained_one_epoch, tmp_path)
     model_dir = paths.model_dir("unet")

@@ -7,14 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import tiny_config
 from lggseg import pipeline
+from lggseg.core.paths import Paths
 from lggseg.model.devices import resolve_runtime, seed_everything
 from lggseg.model.distributed import Group
-from lggseg.core.paths import Paths
+from lggseg.training.recipe import make_loaders
 from lggseg.training.sampling import TumorSampler
-from lggseg.training.loop import make_loaders
-
-from conftest import tiny_config
 
 HAS_TUMOR = np.arange(3000) % 10 < 2  # 20% tumour slices
 

@@ -125,7 +125,8 @@ def test_a_credential_given_by_set_or_in_params_yaml_is_refused_in_one_line(tmp_
     params.write_text(committed_params_text().replace("tracking_uri: null", f"tracking_uri: {uri}"))
     runs = [["train", "--arch", "unet", "--params", str(PARAMS), "--root", str(tmp_path), "--set", f"mlflow.tracking_uri={uri}"],
             ["evaluate", "--arch", "unet", "--params", str(params), "--root", str(tmp_path)],
-            ["compare", "--params", str(PARAMS), "--root", str(tmp_path), "--set", "mlflow.tracking_uri=postgresql://db/m?password=" + URI_PASSWORD],
+            ["compare", "--params", str(PARAMS), "--root", str(tmp_path),
+             "--set", "mlflow.tracking_uri=postgresql://db/m?password=" + URI_PASSWORD],
             ["predict", str(tmp_path), "--params", str(params), "--root", str(tmp_path)]]
     for args in runs:
         assert main(args) == 1, args

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY, cli_args, start_lggseg, tiny_config
 from lggseg import pipeline
 from lggseg.core.paths import Paths
-from lggseg.tracking.runs import http_wait_settings, read_run_pointer
-
-from conftest import TINY, cli_args, start_lggseg, tiny_config
+from lggseg.tracking.runs import read_run_pointer
+from lggseg.tracking.store import http_wait_settings
 from servers import free_port, mlflow_server
 
 PASSWORD = "hunter2-outage"

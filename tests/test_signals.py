@@ -17,11 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from lggseg import pipeline
 from lggseg.core.paths import Paths
 from lggseg.tracking.runs import read_run_pointer
-
-from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 

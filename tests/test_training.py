@@ -7,14 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY, TRAINED_EPOCHS, cli_args, mlflow_client, start_lggseg, tiny_config
 from lggseg import pipeline
+from lggseg.core.paths import Paths
 from lggseg.model.devices import resolve_runtime, seed_everything
 from lggseg.model.networks import ModelSpec, create_model
-from lggseg.core.paths import Paths
-from lggseg.tracking.runs import TrackingError, read_run_pointer
-from lggseg.training.loop import build_loss, make_loaders, validate
-
-from conftest import TINY, TRAINED_EPOCHS, cli_args, mlflow_client, start_lggseg, tiny_config
+from lggseg.tracking.runs import read_run_pointer
+from lggseg.tracking.store import TrackingError
+from lggseg.training.recipe import build_loss, make_loaders
+from lggseg.training.validation import validate
 
 EPOCH_METRICS = {"train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
                  "train_images_per_second"}
@@ -134,7 +135,7 @@ def test_leaky_processed_data_stops_training(tmp_path, prepared_project):
 
 
 def test_early_stopping_counts_epochs_without_a_new_best():
-    from lggseg.training.loop import TrainingState
+    from lggseg.training.state import TrainingState
 
     state = TrainingState()
     outcomes = []

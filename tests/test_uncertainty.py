@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lggseg.evaluation.intervals import SEED, mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
+from lggseg.evaluation.intervals import (
+    SEED,
+    mean_interval,
+    median_interval,
+    paired_comparison,
+    patient_interval,
+    with_intervals,
+)
 
 DICE = np.random.default_rng(1).uniform(0.2, 1.0, 16)  # 16 test patients, as in the real split
 

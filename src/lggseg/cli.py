@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # Keep imports quiet and offline: albumentations phones PyPI on import otherwise.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -15,7 +15,6 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage logs to w
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from lggseg import __version__, pipeline
-
 from lggseg.core import stop_signals  # noqa: E402
 from lggseg.core.config import ConfigError, load_config  # noqa: E402
 from lggseg.core.diskspace import is_disk_full, no_space_left_text  # noqa: E402

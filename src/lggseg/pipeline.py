@@ -7,17 +7,17 @@ import contextlib
 import json
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
 from lggseg.core.atomic import write_csv, write_json
 from lggseg.core.config import Config, ConfigError
+from lggseg.core.paths import SPLITS, Paths
 from lggseg.data.acquire import acquire
 from lggseg.data.layout import build_index
 from lggseg.data.preprocess import preprocess_dataset
 from lggseg.data.split import make_splits, split_summary
-from lggseg.core.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def train(cfg: Config, paths: Paths, arch: str, cli_args: Sequence[str] = ()) ->
     """Train `arch`. With train.nproc > 1 (or `auto` and several GPUs) this process relaunches
     `lggseg <cli_args>` under torchrun and waits; under torchrun each rank trains its share."""
     check_architecture(cfg, arch)
-    from lggseg.model import distributed
     from lggseg.core.locks import architecture_lock
+    from lggseg.model import distributed
     from lggseg.training.loop import train_architecture  # imports torch: only after the config is known to be good
 
     if distributed.under_torchrun():
@@ -106,8 +106,8 @@ def train(cfg: Config, paths: Paths, arch: str, cli_args: Sequence[str] = ()) ->
 
 def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
     check_architecture(cfg, arch)
-    from lggseg.evaluation.evaluate import evaluate_architecture
     from lggseg.core.locks import architecture_lock
+    from lggseg.evaluation.evaluate import evaluate_architecture
 
     with architecture_lock(paths, arch, "evaluated"):
         metrics = evaluate_architecture(cfg, arch, paths)
@@ -118,7 +118,7 @@ def evaluate(cfg: Config, paths: Paths, arch: str) -> None:
 
 
 def compare(cfg: Config, paths: Paths) -> None:
-    from lggseg.evaluation.evaluate import compare_architectures
+    from lggseg.evaluation.champion import compare_architectures
 
     result = compare_architectures(cfg, paths)
     columns = ["architecture", "val_dice_patient", "dice_patient_mean", "dice_slice_mean", "detection_auc"]
@@ -127,7 +127,7 @@ def compare(cfg: Config, paths: Paths) -> None:
 
 
 def check_champion(cfg: Config, paths: Paths) -> None:
-    from lggseg.evaluation.evaluate import check_champion as check
+    from lggseg.evaluation.champion import check_champion as check
 
     result = check(cfg, paths)
     print(f"champion {result['architecture']}: reloaded from its checkpoint, {result['slices']} test slices, "

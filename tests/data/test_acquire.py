@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PARAMS, tiny_config
 from lggseg import cli, pipeline
 from lggseg.core.config import DataConfig
+from lggseg.core.paths import Paths
 from lggseg.data.acquire import DataSourceError, acquire, install_local, resolve_source
 from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.core.paths import Paths
-
-from conftest import PARAMS, tiny_config
 
 
 def _patients(folder: Path) -> list[str]:

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lggseg import cli
-from lggseg.data.acquire import MAX_ARCHIVE_RATIO, MEMBER_LIMITS, DataSourceError, install_local
-from lggseg.data.synthetic import write_kaggle_zip
-from lggseg.core.diskspace import DiskSpaceError
-
 from conftest import PARAMS
 from filesystems import small_filesystem
+from lggseg import cli
+from lggseg.core.diskspace import DiskSpaceError
+from lggseg.data.acquire import MAX_ARCHIVE_RATIO, MEMBER_LIMITS, DataSourceError, install_local
+from lggseg.data.synthetic import write_kaggle_zip
 
 PATIENT = "TCGA_CS_0001_20000101"
 MiB = 1 << 20

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from lggseg import pipeline
-from lggseg.data.layout import DatasetError, build_index
-from lggseg.core.paths import Paths
-
 from conftest import tiny_config
+from lggseg import pipeline
+from lggseg.core.paths import Paths
+from lggseg.data.layout import DatasetError, build_index
 
 
 def _first_patient(paths: Paths) -> Path:

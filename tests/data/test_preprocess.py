@@ -5,11 +5,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from lggseg.core.config import PreprocessConfig
+from lggseg.core.config import PreprocessConfig, SplitConfig
 from lggseg.data.layout import build_index
 from lggseg.data.preprocess import load_split, prepare_image, prepare_mask, preprocess_dataset, to_model_input
 from lggseg.data.split import PatientLeakError, make_splits
-from lggseg.core.config import SplitConfig
 
 
 def test_prepare_image_resizes_and_selects_channels():

@@ -14,9 +14,9 @@ import tifffile
 
 from conftest import tiny_config
 from lggseg import pipeline
+from lggseg.core.paths import Paths
 from lggseg.data import tiff_guard
 from lggseg.data.layout import DatasetError
-from lggseg.core.paths import Paths
 
 SECRET = "s3cr:$6$Zq9v1/hash-of-the-admin:19000:0:99999:7:::\n"  # /etc/shadow-like
 

@@ -1,23 +1,29 @@
-"""Typed configuration: `params.yaml` (+ `--set key=value` overrides) -> validated dataclasses.
+"""Typed configuration: `params.yaml` (+ `--set key=value` overrides) -> a validated, immutable `Config`.
 
 No other module reads `params.yaml`; stages receive a `Config` and pass plain values on.
-Each numeric field declares its allowed values next to it (`Annotated[int, Range(ge=1)]`); they are
-checked at load, before any work, and every message reads `<key> must be <rule>; got <value>`.
+One pydantic model per params section: each field declares its type, its range (`Field(ge=1)`) or its
+choices (`Literal[...]`) next to it, and the rules between fields are the sections' model validators.
+Everything is checked at load, before any work: no unknown key, no silent coercion (`"3"` is not 3, `1` is
+not `true`), and pydantic's errors become one `ConfigError` line, `<key> must be <rule>; got <value>`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import subprocess
 import types
 import typing
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Interval, Le, Lt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from lggseg.core import model_names
 from lggseg.core.redaction import credentials_in
@@ -29,87 +35,108 @@ class ConfigError(ValueError):
     """A parameter is missing, unknown or has a bad value; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric param may take, declared on its field: `epochs: Annotated[int, Range(ge=1)]`."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    multiple_of: int | None = None
-    why: str = ""  # appended to the rule in the message, e.g. "(encoders downsample by 32)"
-
-    def broken_rule(self, value: float) -> str | None:
-        """The rule `value` breaks ("in [0, 1]", "a multiple of 32"), None when it is allowed."""
-        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
-                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
-            return self.bounds()
-        if self.multiple_of and value % self.multiple_of:
-            return f"a multiple of {self.multiple_of}" + (f" ({self.why})" if self.why else "")
-        return None
-
-    def bounds(self) -> str:
-        """`>= 1`, `> 0`, `in [0, 1]`, `in (0, 1)`, ..."""
-        low = self.ge if self.ge is not None else self.gt
-        high = self.le if self.le is not None else self.lt
-        if low is not None and high is not None:
-            return f"in {'[' if self.ge is not None else '('}{low}, {high}{']' if self.le is not None else ')'}"
-        if low is not None:
-            return f"{'>=' if self.ge is not None else '>'} {low}"
-        if high is not None:
-            return f"{'<=' if self.le is not None else '<'} {high}"
-        return "any number"
+def _refused(rule: str, shown: str | None = None) -> PydanticCustomError:
+    """A value that breaks `rule` ("a number"); `shown` replaces the value in the message."""
+    return PydanticCustomError("param_rule", rule, {"shown": shown} if shown is not None else None)
 
 
-# the ranges shared by several params
-AtLeastOne = Annotated[int, Range(ge=1)]
-NonNegativeInt = Annotated[int, Range(ge=0)]
-Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
-Probability = Annotated[float, Range(ge=0, le=1)]
-Threshold = Annotated[float, Range(gt=0, lt=1)]  # probability cut-off: 0 or 1 would make every pixel one class
+def _finite_number(value: Any) -> Any:
+    """A YAML number, or a string that `float()` reads: YAML 1.1 (PyYAML) reads `1e3` as a string, while
+    `dvc exp run -S train.lr=1e3` and most people mean the number. Booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _refused("a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise _refused("a number") from None
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise _refused("a finite number", repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}...")
+    return number
+
+
+def _non_empty_list(value: Any) -> Any:
+    """`model.architectures=unet` means `[unet]`."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _refused("a non-empty list")
+    return tuple(value)
+
+
+# the types and ranges shared by several params
+Number = Annotated[float, BeforeValidator(_finite_number)]
+Text = Annotated[str, Field(min_length=1)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's legacy seeding takes 32 bits
+Probability = Annotated[Number, Field(ge=0, le=1)]
+Threshold = Annotated[Number, Field(gt=0, lt=1)]  # probability cut-off: 0 or 1 would make every pixel one class
 Precision = Literal["auto", "fp32", "bf16"]  # inference: evaluate.precision, `lggseg predict --precision`
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]  # train.precision: fp16 adds the GradScaler
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
-Fraction = Annotated[float, Range(ge=0, lt=1)]  # of the patients; something must be left for train
+Fraction = Annotated[Number, Field(ge=0, lt=1)]  # of the patients; something must be left for train
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+class Section(BaseModel):
+    """A params section: typed fields, unknown keys refused, immutable, no coercion between types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SyntheticConfig(Section):
     patients: AtLeastOne = 24
-    slices_min: AtLeastOne = 20  # <= slices_max, checked in validate()
+    slices_min: AtLeastOne = 20
     slices_max: AtLeastOne = 40
     seed: Seed = 42
 
+    @model_validator(mode="after")
+    def _slices_min_at_most_max(self) -> SyntheticConfig:
+        if self.slices_min > self.slices_max:
+            raise ValueError("data.synthetic.slices_min must be <= data.synthetic.slices_max; "
+                             f"got slices_min={self.slices_min}, slices_max={self.slices_max}")
+        return self
 
-@dataclass(frozen=True)
-class IndexConfig:
+
+class IndexConfig(Section):
     strict: bool = True
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     source: Literal["auto", "kaggle", "local", "synthetic"] = "auto"
-    local_path: str | None = None
-    kaggle_dataset: str = "mateuszbuda/lgg-mri-segmentation"
-    index: IndexConfig = field(default_factory=IndexConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    local_path: Text | None = None
+    kaggle_dataset: Text = "mateuszbuda/lgg-mri-segmentation"
+    index: IndexConfig = IndexConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    val_fraction: Fraction = 0.15  # val + test < 1, checked in validate()
+class SplitConfig(Section):
+    val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
     seed: Seed = 42
     tumor_bins: AtLeastOne = 3
     folds: AtLeastOne = 1
-    fold: NonNegativeInt = 0  # < folds, checked in validate()
+    fold: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _patients_left_for_train(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("split.val_fraction + split.test_fraction must be < 1 (patients are left for train); "
+                             f"got {self.val_fraction} + {self.test_fraction}")
+        return self
+
+    @model_validator(mode="after")
+    def _fold_among_folds(self) -> SplitConfig:
+        if self.fold >= self.folds:
+            raise ValueError("split.fold must be < split.folds (folds count from 0); "
+                             f"got fold={self.fold}, folds={self.folds}")
+        return self
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    size: Annotated[int, Range(ge=32, multiple_of=32, why="encoders downsample by 32")] = 256
+class PreprocessConfig(Section):
+    size: Annotated[int, Field(ge=32, multiple_of=32, description="encoders downsample by 32")] = 256
     channels: Literal["all", "flair"] = "all"
 
     @property
@@ -117,38 +144,50 @@ class PreprocessConfig:
         return 3 if self.channels == "all" else 1
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     enabled: bool = True
     hflip_p: Probability = 0.5
     affine_p: Probability = 0.5
-    shift_limit: Annotated[float, Range(ge=0, le=1)] = 0.0625  # fraction of the image size
-    scale_limit: Annotated[float, Range(ge=0, lt=1)] = 0.1  # zoom in [1 - limit, 1 + limit]; 1 would shrink to 0
-    rotate_limit: Annotated[float, Range(ge=0, le=180)] = 15.0  # degrees
+    shift_limit: Annotated[Number, Field(ge=0, le=1)] = 0.0625  # fraction of the image size
+    scale_limit: Annotated[Number, Field(ge=0, lt=1)] = 0.1  # zoom in [1 - limit, 1 + limit]; 1 would shrink to 0
+    rotate_limit: Annotated[Number, Field(ge=0, le=180)] = 15.0  # degrees
     brightness_contrast_p: Probability = 0.3
-    brightness_limit: Annotated[float, Range(ge=0, le=1)] = 0.1
-    contrast_limit: Annotated[float, Range(ge=0, le=1)] = 0.1
+    brightness_limit: Annotated[Number, Field(ge=0, le=1)] = 0.1
+    contrast_limit: Annotated[Number, Field(ge=0, le=1)] = 0.1
     elastic_p: Probability = 0.0
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    architectures: tuple[str, ...] = ("unet", "fpn")
-    encoder: str = "resnet34"
-    encoder_weights: str | None = "imagenet"
+class ModelConfig(Section):
+    architectures: Annotated[tuple[Text, ...], BeforeValidator(_non_empty_list)] = ("unet", "fpn")
+    encoder: Text = "resnet34"
+    encoder_weights: Text | None = "imagenet"
+
+    @model_validator(mode="after")
+    def _names_known_to_smp(self) -> ModelConfig:
+        """Checked without importing torch (lggseg.core.model_names): a typo fails at once."""
+        duplicates = sorted({a for a in self.architectures if self.architectures.count(a) > 1})
+        if duplicates:
+            raise ValueError(f"model.architectures lists {', '.join(duplicates)} more than once")
+        archs, encoder_unknown = model_names.unknown_names(self.architectures, self.encoder)
+        if archs:
+            raise ValueError(f"model.architectures: unknown architecture(s) {', '.join(archs)}; "
+                             f"valid: {', '.join(model_names.ARCHITECTURES)}")
+        if encoder_unknown:
+            raise ValueError(f"model.encoder: unknown encoder {self.encoder!r}; e.g. resnet18, resnet34, "
+                             "efficientnet-b0, mobilenet_v2, or any timm encoder as tu-<name>")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     epochs: AtLeastOne = 25
     batch_size: AtLeastOne = 16
-    lr: Annotated[float, Range(gt=0)] = 1e-4
-    weight_decay: Annotated[float, Range(ge=0)] = 0.0
+    lr: Annotated[Number, Field(gt=0)] = 1e-4
+    weight_decay: Annotated[Number, Field(ge=0)] = 0.0
     loss: Literal["bce", "dice", "bce_dice"] = "bce"
     scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "none"
-    tumor_fraction: Annotated[float, Range(gt=0, lt=1)] | None = None  # share of tumour slices drawn; None = each slice once
+    tumor_fraction: Annotated[Number, Field(gt=0, lt=1)] | None = None  # share of tumour slices drawn; None = each slice once
     early_stopping_patience: NonNegativeInt = 0  # 0 = off
-    device: str = "auto"
+    device: Text = "auto"
     num_workers: NonNegativeInt = 2
     seed: Seed = 42
     resume: bool = False
@@ -161,43 +200,44 @@ class TrainConfig:
     nproc: AtLeastOne | Literal["auto"] = "auto"  # processes (DDP under torchrun); auto = one per visible GPU
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     threshold: Threshold = 0.5
     largest_component: bool = True
     batch_size: AtLeastOne = 32
-    figures_patients: Annotated[int, Range(ge=0, le=3)] = 3  # best, median, worst
+    figures_patients: Annotated[int, Field(ge=0, le=3)] = 3  # best, median, worst
     precision: Precision = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16
     tta: bool = False  # average the predictions of each slice and its left-right mirror
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
-    experiment: str = "lggseg"
-    tracking_uri: str | None = None
-    register: bool = True
-    # the longest a command waits for a tracking server (http/https) that stops answering, retries included
-    server_timeout_s: Annotated[int, Range(ge=5, le=3600)] = 30
+with warnings.catch_warnings():  # `register` also names ABCMeta.register, which instances never see
+    warnings.filterwarnings("ignore", 'Field name "register" in "MlflowConfig" shadows', UserWarning)
+
+    class MlflowConfig(Section):
+        experiment: Text = "lggseg"
+        tracking_uri: Text | None = None
+        register: bool = True
+        # the longest a command waits for a tracking server (http/https) that stops answering, retries included
+        server_timeout_s: Annotated[int, Field(ge=5, le=3600)] = 30
 
 
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+class Config(Section):
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain (nested) dict, e.g. for logging."""
-        return dataclasses.asdict(getattr(self, name))
+        section: Section = getattr(self, name)
+        return section.model_dump()
 
     def flat(self, sections: Sequence[str] | None = None) -> dict[str, Any]:
         """`{"train.lr": 1e-4, ...}` for the given sections (all when None)."""
-        names = sections or [f.name for f in dataclasses.fields(self)]
+        names = sections or list(type(self).model_fields)
         return {k: v for name in names for k, v in flatten_params(self.section(name), name).items()}
 
 
@@ -342,7 +382,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
-    cfg = validate(_build(Config, raw, prefix="", source=source))
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_problem(exc.errors(include_url=False))}") from None
     refuse_credentials(cfg, source)
     return cfg
 
@@ -360,131 +403,110 @@ def refuse_credentials(cfg: Config, source: str) -> None:
                     "(or MLFLOW_TRACKING_TOKEN), which MLflow reads from the environment")
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "top level"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    known = [f.name for f in dataclasses.fields(cls)]  # in field order: the first bad key is always the same
-    unknown = sorted(set(raw) - set(known))
+def _first_problem(errors: list[ErrorDetails]) -> str:
+    """pydantic's errors as one line: unknown keys first (all of one section), else the first bad value in
+    field order, the same on every run."""
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys under {where}: {', '.join(sorted(known))}"
-        )
-    values = {}
-    for name in (n for n in known if n in raw):
-        values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", source)
-    try:
-        return cls(**values)
-    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch is a programming error
-        raise ConfigError(f"{source}: {where}: {exc}") from None
+        parent = min((e["loc"] for e in unknown), key=len)[:-1]  # the outermost section with an unknown key
+        where, field = _locate(parent)
+        section = field.annotation if field else Config
+        prefix = f"{where}." if where else ""
+        names = sorted(f"{prefix}{e['loc'][-1]}" for e in unknown if e["loc"][:-1] == parent)
+        valid = sorted(section.model_fields) if _is_section(section) else []
+        return f"unknown key(s) {', '.join(names)}; valid keys under {where or 'top level'}: {', '.join(valid)}"
+    first = next((e for e in errors if e["type"] != "value_error"), errors[0])  # bad values before bad pairs
+    if first["type"] == "value_error":  # a model validator's rule between fields: its message names the keys
+        return str(first["ctx"]["error"])
+    key, field = _locate(first["loc"])
+    alternatives = [e for e in errors if _locate(e["loc"])[0] == key]  # `int | Literal["auto"]`: one per branch
+    rules = " or ".join(_rule(e, field) for e in alternatives)
+    value = first["input"]
+    if first["type"] in _BOUND_ERRORS and isinstance(value, str):
+        value = float(value)  # `1e3` out of range: shown as the number it reads as
+    shown = first.get("ctx", {}).get("shown") or repr(value)
+    return f"{key or 'top level'} must be {rules}; got {shown}"
 
 
-def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Annotated:
-        coerced = _coerce(args[0], value, key, source)
-        for rule in (r.broken_rule(coerced) for r in args[1:] if isinstance(r, Range)):
-            if rule:
-                shown = coerced if isinstance(value, str) else value  # as written, unless a string such as "1e3"
-                raise ConfigError(f"{source}: {key} must be {rule}; got {shown!r}")
-        return coerced
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, prefix=f"{key}.", source=source)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(inner[0], value, key, source)
-        rules = []
-        for alternative in inner:  # `int | Literal["auto"]`: the first that takes the value
-            try:
-                return _coerce(alternative, value, key, source)
-            except ConfigError as exc:
-                rules.append(str(exc).partition(f"{key} must be ")[2].rpartition("; got")[0])
-        raise ConfigError(f"{source}: {key} must be {' or '.join(rules)}; got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(param_text, args))}; got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{source}: {key} must be a non-empty list; got {value!r}")
-        return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be true or false; got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer; got {value!r}")
-        return value
-    if hint is float:
-        return _coerce_float(value, key, source)
-    if hint is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{source}: {key} must be a non-empty string; got {value!r}")
-        return value
-    raise ConfigError(f"{source}: {key}: unsupported type {hint}")  # pragma: no cover
+_TYPE_RULES = {
+    "bool_type": "true or false", "int_type": "an integer", "string_type": "a non-empty string",
+    "string_too_short": "a non-empty string", "model_type": "a mapping",
+}
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-def _coerce_float(value: Any, key: str, source: str) -> float:
-    """A finite float from a YAML number or a string that `float()` reads: YAML 1.1 (PyYAML) reads `1e3`
-    as a string, while `dvc exp run -S train.lr=1e3` and most people mean the number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{source}: {key} must be a number; got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{source}: {key} must be a number; got {value!r}") from None
-    except OverflowError:  # an int too large for a float
-        number = math.inf
-    if not math.isfinite(number):
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
-        raise ConfigError(f"{source}: {key} must be a finite number; got {shown}")
-    return number
+def _rule(error: ErrorDetails, field: FieldInfo | None) -> str:
+    """The rule a value breaks, as the messages spell it: `>= 1`, `in [0, 1)`, `one of auto, fp32`."""
+    kind = error["type"]
+    if kind in _BOUND_ERRORS and field and (interval := _interval(field)):
+        return _bounds(interval)
+    if kind == "multiple_of":
+        why = f" ({field.description})" if field and field.description else ""
+        return f"a multiple of {error.get('ctx', {})['multiple_of']}{why}"
+    if kind == "literal_error" and field:
+        return f"one of {', '.join(param_text(choice) for choice in _choices(field))}"
+    if kind == "param_rule":
+        return error["msg"]
+    return _TYPE_RULES.get(kind, error["msg"])
 
 
-def ranges(cls: type = Config, prefix: str = "") -> dict[str, Range]:
-    """`{"train.epochs": Range(ge=1), ...}`: the declared range of every numeric param."""
-    found: dict[str, Range] = {}
-    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
-        if dataclasses.is_dataclass(hint):
-            found.update(ranges(hint, f"{prefix}{name}."))
-        elif typing.get_origin(hint) is Annotated:
-            found.update({f"{prefix}{name}": r for r in typing.get_args(hint)[1:] if isinstance(r, Range)})
+def _locate(loc: tuple[int | str, ...]) -> tuple[str, FieldInfo | None]:
+    """pydantic's error location -> (`"model.architectures[1]"`, the field); the tags pydantic adds for the
+    branches of a union (`constrained-int`) name no key."""
+    key, field = "", None
+    section: type[Section] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif section is not None and part in section.model_fields:
+            field = section.model_fields[part]
+            key = f"{key}.{part}" if key else part
+            section = field.annotation if _is_section(field.annotation) else None
+    return key, field
+
+
+def _is_section(annotation: Any) -> typing.TypeGuard[type[Section]]:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+def _alternatives(field: FieldInfo) -> list[Any]:
+    """The types a field takes: `int | Literal["auto"]` -> both, anything else -> itself."""
+    if get_origin(field.annotation) in (typing.Union, types.UnionType):
+        return list(get_args(field.annotation))
+    return [field.annotation]
+
+
+def _choices(field: FieldInfo) -> list[Any]:
+    return [choice for kind in _alternatives(field) if get_origin(kind) is Literal for choice in get_args(kind)]
+
+
+def _interval(field: FieldInfo) -> Interval | None:
+    """The bounds declared on a field, on itself or on a branch of its union (`int >= 1 | "auto"`)."""
+    declared = list(field.metadata)
+    for kind in _alternatives(field):
+        if get_origin(kind) is Annotated:
+            declared += [m for extra in get_args(kind)[1:] if isinstance(extra, FieldInfo) for m in extra.metadata]
+    bounds = {type(m).__name__.lower(): m for m in declared if isinstance(m, (Ge, Gt, Le, Lt))}
+    return Interval(**{name: getattr(m, name) for name, m in bounds.items()}) if bounds else None
+
+
+def _bounds(interval: Interval) -> str:
+    """`>= 1`, `> 0`, `in [0, 1]`, `in (0, 1)`, ..."""
+    low = interval.ge if interval.ge is not None else interval.gt
+    high = interval.le if interval.le is not None else interval.lt
+    if low is not None and high is not None:
+        return f"in {'[' if interval.ge is not None else '('}{low}, {high}{']' if interval.le is not None else ')'}"
+    if low is not None:
+        return f"{'>=' if interval.ge is not None else '>'} {low}"
+    return f"{'<=' if interval.le is not None else '<'} {high}"
+
+
+def ranges(section: type[Section] = Config, prefix: str = "") -> dict[str, Interval]:
+    """`{"train.epochs": Interval(ge=1), ...}`: the declared bounds of every numeric param."""
+    found: dict[str, Interval] = {}
+    for name, field in section.model_fields.items():
+        if _is_section(field.annotation):
+            found.update(ranges(field.annotation, f"{prefix}{name}."))
+        elif interval := _interval(field):
+            found[f"{prefix}{name}"] = interval
     return found
-
-
-def validate(cfg: Config) -> Config:
-    """Cross-field checks that a single field's type and range cannot express (those are checked in `_coerce`)."""
-    s = cfg.split
-    if s.val_fraction + s.test_fraction >= 1:
-        raise ConfigError("split.val_fraction + split.test_fraction must be < 1 (patients are left for train); "
-                          f"got {s.val_fraction} + {s.test_fraction}")
-    if s.fold >= s.folds:
-        raise ConfigError(f"split.fold must be < split.folds (folds count from 0); got fold={s.fold}, folds={s.folds}")
-    syn = cfg.data.synthetic
-    if syn.slices_min > syn.slices_max:
-        raise ConfigError("data.synthetic.slices_min must be <= data.synthetic.slices_max; "
-                          f"got slices_min={syn.slices_min}, slices_max={syn.slices_max}")
-    _check_model_names(cfg.model)
-    return cfg
-
-
-def _check_model_names(model: ModelConfig) -> None:
-    duplicates = sorted({a for a in model.architectures if model.architectures.count(a) > 1})
-    if duplicates:
-        raise ConfigError(f"model.architectures lists {', '.join(duplicates)} more than once")
-    archs, encoder_unknown = model_names.unknown_names(model.architectures, model.encoder)
-    if archs:
-        raise ConfigError(f"model.architectures: unknown architecture(s) {', '.join(archs)}; "
-                          f"valid: {', '.join(model_names.ARCHITECTURES)}")
-    if encoder_unknown:
-        raise ConfigError(f"model.encoder: unknown encoder {model.encoder!r}; e.g. resnet18, resnet34, "
-                          "efficientnet-b0, mobilenet_v2, or any timm encoder as tu-<name>")

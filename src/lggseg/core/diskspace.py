@@ -83,9 +83,10 @@ def require_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(error: BaseException) -> bool:
     """ENOSPC / EDQUOT, also when a library wrapped it (torch.save keeps the OSError as __context__)."""
     seen = set()
+    exc: BaseException | None = error
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, DiskSpaceError):
@@ -114,7 +115,7 @@ def no_space_error(target: Path, free_at_start: int | None, written: int | None 
 def no_space_left_text(exc: BaseException, where: Path | None = None) -> str:
     """One line for a full-disk error raised by code that is not ours: the file it names (else `where`, the
     folder the command writes to) and the free space left there."""
-    cause = exc
+    cause: BaseException | None = exc
     while cause is not None and not (isinstance(cause, OSError) and cause.filename):
         cause = cause.__cause__ or cause.__context__
     if cause is not None:

@@ -13,7 +13,7 @@ class Paths:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path = ".") -> "Paths":
+    def at(cls, root: str | Path = ".") -> Paths:
         return cls(Path(root).resolve())
 
     @property

@@ -63,9 +63,9 @@ def _secrets_of(environment: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
         for user, password in _uri_credentials(value):
             found.update({password, _basic_auth(user, password)})
     variables = dict(environment)
-    user, password = variables.get("MLFLOW_TRACKING_USERNAME"), variables.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:  # what MLflow sends as `Authorization: Basic ...`
-        found.add(_basic_auth(user, password))
+    mlflow_user, mlflow_password = variables.get("MLFLOW_TRACKING_USERNAME"), variables.get("MLFLOW_TRACKING_PASSWORD")
+    if mlflow_user and mlflow_password:  # what MLflow sends as `Authorization: Basic ...`
+        found.add(_basic_auth(mlflow_user, mlflow_password))
     spellings = found | {unquote(s) for s in found}
     return tuple(sorted((s for s in spellings if len(s) >= MIN_LITERAL_LENGTH), key=len, reverse=True))
 

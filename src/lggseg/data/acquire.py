@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from lggseg.core.atomic import staged_dir
 from lggseg.core.config import DataConfig
-from lggseg.data import synthetic
 from lggseg.core.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
+from lggseg.data import synthetic
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ def _check_files(root: Path, candidates: list[dict]) -> list[dict]:
 
 
 def _check_slice(root: Path, row: dict) -> dict:
-    problems = []
+    problems: list[Problem] = []
     image = _read(root / row["image_path"], row["image_path"], problems)
     if image is not None and (image.shape != IMAGE_SHAPE or image.dtype != np.uint8):
         problems.append(Problem("bad_image", row["image_path"],

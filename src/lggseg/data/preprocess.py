@@ -22,9 +22,9 @@ import tifffile
 
 from lggseg.core.atomic import staged_dir, write_json
 from lggseg.core.config import PreprocessConfig
-from lggseg.data.split import check_no_leak, slices_for
 from lggseg.core.diskspace import block_size, on_disk, require_free_space
 from lggseg.core.paths import SPLITS, Paths
+from lggseg.data.split import check_no_leak, slices_for
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def prepare_image(image: np.ndarray, size: int, channels: str) -> np.ndarray:
 
 def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """(H, W) mask with values 0/255 or 0/1 -> (size, size) uint8 in {0, 1} (nearest neighbour)."""
-    binary = (mask > 0).astype(np.uint8)
+    binary: np.ndarray = (mask > 0).astype(np.uint8)
     if binary.shape != (size, size):
         binary = cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
     return binary
@@ -134,7 +134,7 @@ def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: P
     digest = hashlib.sha256()
     for array in (images, masks):
         array.flush()
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        digest.update(np.ascontiguousarray(array).data.cast("B"))
     rows.to_csv(split_dir / "slices.csv", index=False)
     digest.update((split_dir / "slices.csv").read_bytes())
     return {"slices": n, "patients": int(rows["patient_id"].nunique()), "sha256": digest.hexdigest()}

@@ -7,7 +7,7 @@ calls.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -117,7 +117,8 @@ def make_splits(slices: pd.DataFrame, cfg: SplitConfig) -> dict:
 
 
 def _wanted(name: str, cfg: SplitConfig) -> bool:
-    return name == "train" or (name == "val" and cfg.val_fraction > 0) or (name == "test" and (cfg.test_fraction > 0 or cfg.folds > 1))
+    return (name == "train" or (name == "val" and cfg.val_fraction > 0)
+            or (name == "test" and (cfg.test_fraction > 0 or cfg.folds > 1)))
 
 
 def split_summary(slices: pd.DataFrame, splits: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:

@@ -108,7 +108,8 @@ def generate_dataset(out_dir: Path, *, patients: int, slices_min: int, slices_ma
 
 
 def write_kaggle_zip(kaggle_3m_dir: Path, zip_path: Path) -> Path:
-    """Zip a kaggle_3m folder the way Kaggle serves it: the tree twice, under 'kaggle_3m/' and 'lgg-mri-segmentation/kaggle_3m/'."""
+    """Zip a kaggle_3m folder the way Kaggle serves it: the tree twice, under 'kaggle_3m/' and
+    'lgg-mri-segmentation/kaggle_3m/'."""
     kaggle_3m_dir = Path(kaggle_3m_dir)
     if not kaggle_3m_dir.is_dir():
         raise FileNotFoundError(f"kaggle_3m_dir is not a folder: {kaggle_3m_dir}")

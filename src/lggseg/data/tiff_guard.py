@@ -74,7 +74,10 @@ def read_tiff(source: Path | bytes, name: str | Path | None = None) -> np.ndarra
     """The pixels of the one-image TIFF at `source` (a path, or the file's bytes), header checked first.
 
     Raises UnreadableTiffError or OversizedTiffError naming `name` (default: the path)."""
-    name = source if name is None else name
+    if name is None:
+        if isinstance(source, bytes):
+            raise TypeError("read_tiff of bytes needs the name of the file they came from")
+        name = source
     if not isinstance(source, bytes):
         _check_regular_file(source, name)  # opening a FIFO named like a slice would block for ever
     handle = io.BytesIO(source) if isinstance(source, bytes) else source

@@ -16,17 +16,17 @@ from __future__ import annotations
 import io
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 from lggseg.core.atomic import staged_dir
 from lggseg.core.config import Config
-from lggseg.tracking.experiments import dvc_experiments, run_dvc
 from lggseg.core.stop_signals import StopRequested, signal_name, stop_signal_of
 from lggseg.evaluation.intervals import mean_interval, median_interval, paired_comparison
+from lggseg.tracking.experiments import dvc_experiments, run_dvc
 
 FOLD_SETTINGS = ("mlflow.register=false",)  # CV measures; the registry's champion is the main pipeline's
 
@@ -212,7 +212,7 @@ def report_markdown(group: str, folds: int, summary: pd.DataFrame, institutions:
 
 def write_report(out_dir: Path, group: str, folds: int, oof: pd.DataFrame, settings: Sequence[str]) -> dict:
     """reports/cv/: summary.md, summary.csv, institutions.csv, per_patient.csv, dice_per_patient.png, as a whole."""
-    from lggseg.evaluation.figures import plot_cross_validation
+    from lggseg.evaluation.figures.dice import plot_cross_validation
 
     summary, institutions, paired = summarize(oof)
     with staged_dir(out_dir) as staging:

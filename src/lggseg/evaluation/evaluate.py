@@ -1,4 +1,4 @@
-"""Evaluation on held-out test patients, and the side-by-side comparison that picks the champion.
+"""Evaluation on held-out test patients: the evaluate stage (lggseg.evaluation.champion compares the results).
 
 Per-patient 3-D volume Dice is the headline (Buda et al. 2019); per-slice, pooled, IoU, precision,
 recall and slice-level tumor detection come with it. Every choice (detection threshold, min area,
@@ -19,30 +19,35 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from lggseg.evaluation import figures as reports
 from lggseg.core.atomic import write_csv, write_json
 from lggseg.core.config import Config
+from lggseg.core.paths import Paths
 from lggseg.data.dataset import SliceDataset
-from lggseg.data.preprocess import flair_view
+from lggseg.data.preprocess import flair_view, processed_manifest
 from lggseg.data.split import check_no_leak
+from lggseg.evaluation.figures.dice import plot_dice_per_patient
+from lggseg.evaluation.figures.overlays import plot_patient_montage, plot_patient_overlays
+from lggseg.evaluation.figures.roc import plot_roc
+from lggseg.evaluation.figures.training_history import plot_training_history
+from lggseg.evaluation.intervals import mean_interval, median_interval, patient_interval, with_intervals
+from lggseg.metrics.detection import choose_detection_threshold, detection_metrics, roc_points
+from lggseg.metrics.segmentation import (
+    SliceCountAccumulator,
+    largest_component_3d,
+    patient_table,
+    segmentation_summary,
+    slice_dice,
+)
+from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import Runtime, inference_runtime
 from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference
-from lggseg.metrics.segmentation import (
-    SliceCountAccumulator, choose_detection_threshold, detection_metrics, largest_component_3d, patient_table,
-    roc_points, segmentation_summary, slice_dice,
-)
-from lggseg.model.networks import load_checkpoint
-from lggseg.core.paths import Paths
-from lggseg.tracking.runs import (
-    WEIGHTS_TAG, Tracker, TrackingError, git_state, read_run_pointer, resolve_tracking_uri, weights_sha256,
-)
-from lggseg.data.preprocess import processed_manifest
-from lggseg.evaluation.intervals import mean_interval, median_interval, paired_comparison, patient_interval, with_intervals
+from lggseg.tracking.registry import ModelRegistry
+from lggseg.tracking.runs import Tracker, git_state, read_run_pointer
+from lggseg.tracking.store import WEIGHTS_TAG, TrackingError, weights_sha256
 
 log = logging.getLogger(__name__)
 
 MIN_AREA_CANDIDATES = (0, 5, 10, 20, 40, 80, 160)  # pixels at 256x256, scaled with the image size
-CHAMPION_MODEL = "lgg-segmentation"
 # reports/arch/<arch>/metrics.json, the DVC metrics file (`dvc exp show`, `dvc metrics diff`): the headline
 # numbers only, headline first, so experiment tables stay readable; all_metrics.json holds every number
 HEADLINE_METRICS = (
@@ -191,7 +196,8 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     write_json(report_dir / "all_metrics.json", metrics)
     write_json(report_dir / "metrics.json", {k: metrics[k] for k in headline_keys() if k in metrics})
     write_csv(report_dir / "per_patient.csv", per_patient)
-    roc = roc_points(test_scores, test_labels) if test_labels.min() != test_labels.max() else pd.DataFrame(columns=["fpr", "tpr", "threshold"])
+    one_class = test_labels.min() == test_labels.max()
+    roc = pd.DataFrame(columns=["fpr", "tpr", "threshold"]) if one_class else roc_points(test_scores, test_labels)
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
     figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
 
@@ -289,23 +295,23 @@ def _write_figures(arch, test: SplitPredictions, per_patient: pd.DataFrame, metr
                    paths: Paths, cfg: Config) -> list[Path]:
     fig_dir = paths.report_dir(arch) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    written = [reports.plot_dice_per_patient(per_patient, fig_dir / "dice_per_patient.png",
-                                             title=f"{arch}: per-patient Dice on test patients")]
+    written = [plot_dice_per_patient(per_patient, fig_dir / "dice_per_patient.png",
+                                     title=f"{arch}: per-patient Dice on test patients")]
     history_path = paths.report_dir(arch) / "train_history.csv"
     if history_path.is_file():
-        written.append(reports.plot_training_history(pd.read_csv(history_path), fig_dir / "train_history.png",
-                                                     title=f"{arch}: training"))
+        written.append(plot_training_history(pd.read_csv(history_path), fig_dir / "train_history.png",
+                                             title=f"{arch}: training"))
     if len(roc):
-        written.append(reports.plot_roc(roc, metrics["detection_auc"] or float("nan"), fig_dir / "roc.png",
-                                        title=f"{arch}: tumor detection per slice (test)"))
+        written.append(plot_roc(roc, metrics["detection_auc"] or float("nan"), fig_dir / "roc.png",
+                                title=f"{arch}: tumor detection per slice (test)"))
     flair = flair_view(test.images)
     for label, patient_id in _showcase_patients(per_patient, cfg.evaluate.figures_patients):
         rows = test.table.index[test.table["patient_id"] == patient_id].to_numpy()
         dice = per_patient.set_index("patient_id").loc[patient_id, "dice"]
         args = (flair[rows], test.truth[rows], test.pred[rows], test.table.loc[rows, "slice"].tolist())
         title = f"{arch} | {label} test patient {patient_id} | volume Dice {dice:.3f}"
-        written.append(reports.plot_patient_overlays(*args, title=title, out_path=fig_dir / f"overlay_{label}.png"))
-        written.append(reports.plot_patient_montage(*args, title=title, out_path=fig_dir / f"montage_{label}.png"))
+        written.append(plot_patient_overlays(*args, title=title, out_path=fig_dir / f"overlay_{label}.png"))
+        written.append(plot_patient_montage(*args, title=title, out_path=fig_dir / f"montage_{label}.png"))
     return written
 
 
@@ -336,154 +342,18 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
                 "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
                 "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id, WEIGHTS_TAG: weights}
-        existing = registered_version_of(tracker, name, weights, run_id, settings.to_dict())
+        registry = ModelRegistry(tracker.store)
+        existing = registry.reusable_version(name, weights, run_id, settings.to_dict())
         if existing is None:
             model_uri = tracker.log_model(run_id, model.cpu().eval(), paths.model_dir(arch) / "best.pt",
                                           report_dir / "inference.json", settings.to_dict(), weights)
-            version = tracker.register(model_uri, name, "candidate", tags)
+            version = registry.register(model_uri, name, "candidate", tags)
             print(f"registered {name} version {version} (@candidate)")
         else:  # an earlier evaluate of this checkpoint registered it, and was stopped before it finished
             model_uri, version = existing.source, existing.version
-            tracker.move_alias(name, "candidate", version, tags)
+            registry.move_alias(name, "candidate", version, tags)
             print(f"{name} version {version} already holds these weights (sha256 {weights[:12]}...): @candidate on it")
         record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": name,
                   "version": version, "alias": "candidate"}
     tracker.end_run(run_id)
     write_json(report_dir / "mlflow_model.json", record)
-
-
-def registered_version_of(tracker: Tracker, name: str, weights: str, run_id: str, settings: dict):
-    """The newest version of `name` that this run registered from these weights (`best.pt`'s SHA-256) with these
-    inference settings, its artifact checked byte for byte; None when there is none to reuse."""
-    settings = json.loads(json.dumps(settings))  # as inference.json holds them (lists, not tuples)
-    for version in tracker.versions_holding(name, weights, run_id=run_id):
-        try:
-            held, held_settings = tracker.registered_files(version)
-        except ValueError as exc:  # its artifact is incomplete: register anew rather than reuse it
-            log.warning("%s version %s is not reused: %s", name, version.version, exc)
-            continue
-        if held == weights and held_settings == settings:
-            return version
-        if held != weights:
-            log.warning("%s version %s is tagged %s=%s but its best.pt has sha256 %s: not reused",
-                        name, version.version, WEIGHTS_TAG, weights, held)
-    return None
-
-
-def check_registered_weights(tracker: Tracker, version, checkpoint: Path, what: str, todo: str) -> str:
-    """The SHA-256 `version`'s artifact holds, which must be `checkpoint`'s and its own tag's; else ValueError
-    naming both hashes and `todo`."""
-    evaluated = weights_sha256(checkpoint)
-    held, _ = tracker.registered_files(version)
-    where = f"{version.name} version {version.version} ({what})"
-    if held != evaluated:
-        raise ValueError(f"{checkpoint} has weights sha256 {evaluated}, but {where} holds weights sha256 {held}: "
-                         f"not the evaluated model; {todo}")
-    tagged = version.tags.get(WEIGHTS_TAG)
-    if tagged != held:
-        said = f"is tagged {WEIGHTS_TAG}={tagged}" if tagged else f"has no {WEIGHTS_TAG} tag (an older lggseg registered it)"
-        raise ValueError(f"{where} {said} but holds weights sha256 {held} ({checkpoint}'s): its tags cannot be "
-                         f"trusted; {todo}")
-    return held
-
-
-def _redo_evaluate(arch: str) -> str:
-    return (f"re-run evaluate for {arch} (lggseg evaluate --arch {arch}, or dvc repro -f evaluate@{arch}), "
-            "then compare")
-
-
-def choose_champion(table: pd.DataFrame) -> str:
-    """The architecture with the best per-patient VALIDATION Dice (never a test number)."""
-    return str(table.loc[table["val_dice_patient"].idxmax(), "architecture"])
-
-
-def compare_architectures(cfg: Config, paths: Paths) -> dict:
-    """Side-by-side table of all architectures; the champion is the best per-patient VAL Dice."""
-    rows, records = [], {}
-    for arch in cfg.model.architectures:
-        metrics_path = paths.report_dir(arch) / "all_metrics.json"
-        if not metrics_path.is_file():
-            raise FileNotFoundError(f"{metrics_path} is missing (run evaluate@{arch})")
-        metrics = json.loads(metrics_path.read_text())
-        shown = [key for k in reports.COMPARISON_METRICS for key in (k, f"{k}_ci_low", f"{k}_ci_high")]
-        # write_json writes a NaN metric (e.g. the AUC of a one-class split) as null: a number again here
-        rows.append({"architecture": arch, **{k: math.nan if metrics[k] is None else metrics[k]
-                                              for k in shown if k in metrics}})
-        records[arch] = json.loads((paths.report_dir(arch) / "mlflow_model.json").read_text())
-    table = reports.comparison_table(rows)
-    champion = choose_champion(table)
-    record = records[champion]
-    register = cfg.mlflow.register and record.get("registered")
-    if register:  # before anything is written: only the evaluated weights may become champion
-        tracker = Tracker(cfg.mlflow, paths.root)
-        candidate = tracker.resolve_registered(f"models:/{record['registered_model']}/{record['version']}")
-        weights = check_registered_weights(
-            tracker, candidate, paths.model_dir(champion) / "best.pt",
-            f"named by {paths.report_dir(champion) / 'mlflow_model.json'}", _redo_evaluate(champion))
-    paired = paired_comparisons(paths, champion, list(cfg.model.architectures))
-    written = reports.write_comparison(table, paths.reports, champion=champion, paired=paired)
-    if register:
-        source = f"{record['registered_model']}/{record['version']}"
-        tags = {"architecture": champion, "source_model": source, WEIGHTS_TAG: weights,
-                "val_dice_patient": f"{table.set_index('architecture').loc[champion, 'val_dice_patient']:.4f}",
-                **git_state(paths.root)}
-        same = [v for v in tracker.versions_holding(CHAMPION_MODEL, weights, source_model=source)
-                if v.source == candidate.source]  # the same logged model: nothing new to register
-        if same:
-            version = same[0].version
-            tracker.move_alias(CHAMPION_MODEL, "champion", version, tags)
-        else:
-            version = tracker.register(record["model_uri"], CHAMPION_MODEL, "champion", tags)
-        print(f"{'registered' if not same else 'kept'} {CHAMPION_MODEL} version {version} (@champion) = {champion}")
-    return {"table": table, "champion": champion, "markdown": written["markdown"]}
-
-
-def paired_comparisons(paths: Paths, champion: str, architectures: list[str]) -> list[dict]:
-    """The champion against each other architecture on the same test patients (lggseg.evaluation.intervals)."""
-    dice = {}
-    for arch in architectures:
-        table = pd.read_csv(paths.report_dir(arch) / "per_patient.csv", dtype={"patient_id": str})
-        dice[arch] = table.set_index("patient_id")["dice"]
-    return [paired_comparison(dice[champion], dice[other], champion, other) for other in architectures if other != champion]
-
-
-def check_champion(cfg: Config, paths: Paths) -> dict:
-    """Reload the champion from its checkpoint (as `dvc pull` brings it, no MLflow needed), predict the
-    test split again and check it reproduces the per-patient Dice in its metrics.json: pulled artifacts
-    are complete and usable, or this fails naming what differs."""
-    comparison_path = paths.reports / "comparison.csv"
-    if not comparison_path.is_file():
-        raise FileNotFoundError(f"{comparison_path} is missing (run the compare stage, or dvc pull)")
-    champion = choose_champion(pd.read_csv(comparison_path))
-    registry = check_registry_champion(cfg, paths, champion)
-    model, _ = load_checkpoint(paths.model_dir(champion) / "best.pt")
-    runtime = inference_runtime(cfg.train.device, cfg.evaluate.precision)
-    test = predict_split(prepare_for_inference(model, runtime), paths, "test", cfg, runtime)
-    dice = segmentation_summary(count_table(test.truth, test.pred, test.table))["dice_patient_mean"]
-    recorded = json.loads((paths.report_dir(champion) / "metrics.json").read_text())["dice_patient_mean"]
-    if not math.isclose(dice, recorded, abs_tol=1e-4):
-        raise ValueError(f"champion {champion}: models/{champion}/best.pt gives test per-patient Dice {dice:.4f}, "
-                         f"but {paths.report_dir(champion) / 'metrics.json'} records {recorded:.4f}")
-    return {"architecture": champion, "dice_patient_mean": dice, "slices": len(test.pred), "registry": registry}
-
-
-def check_registry_champion(cfg: Config, paths: Paths, champion: str) -> str:
-    """The registry's `@champion` must hold exactly models/<champion>/best.pt, the file check-champion scores
-    (its artifact's bytes hashed, not only its tag). Returns what was checked, or why nothing could be: no
-    store where one is looked for (a clone that only pulled files), or no MLflow in the run."""
-    uri = resolve_tracking_uri(cfg.mlflow, paths.root)
-    record_path = paths.report_dir(champion) / "mlflow_model.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if not cfg.mlflow.register or not record.get("registered"):
-        return f"registry not checked: {champion} was evaluated without registering (mlflow.register, {record_path})"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return f"registry not checked: no MLflow store at {uri.removeprefix('sqlite:///')}"
-    tracker = Tracker(cfg.mlflow, paths.root, read_only=True)
-    version = tracker.resolve_registered(f"models:/{CHAMPION_MODEL}@champion")
-    where = f"{CHAMPION_MODEL} version {version.version}"
-    if version.tags.get("architecture") != champion:
-        raise ValueError(f"{where} (@champion) is {version.tags.get('architecture')}, but {paths.reports / 'comparison.csv'} "
-                         f"makes {champion} the champion: re-run compare")
-    held = check_registered_weights(tracker, version, paths.model_dir(champion) / "best.pt", "@champion",
-                                    f"{_redo_evaluate(champion)} to register the weights that were scored")
-    return f"registry {where} (@champion) holds these weights (sha256 {held[:12]}...)"

@@ -9,8 +9,9 @@ and its per-slice counts are gathered, so the per-patient Dice is exactly a sing
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ class InferenceSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str) -> "InferenceSettings":
+    def from_dict(cls, data: dict, source: str) -> InferenceSettings:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         missing = [k for k in ("spec", "preprocess") if k not in known]
         if missing or not {"size", "channels"} <= set(known.get("preprocess") or {}):

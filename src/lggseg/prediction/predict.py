@@ -31,10 +31,11 @@ from lggseg.core.atomic import staged_dir, write_json
 from lggseg.core.config import MlflowConfig
 from lggseg.data.preprocess import flair_view, prepare_image
 from lggseg.data.scans import PatientImages, PatientScan, find_patients, input_tree, read_patient
+from lggseg.metrics.segmentation import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
+from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import Runtime, inference_runtime
 from lggseg.model.inference import InferenceSettings, predict_probabilities, prepare_for_inference
-from lggseg.metrics.segmentation import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
-from lggseg.model.networks import ModelSpec, load_checkpoint
+from lggseg.model.networks import ModelSpec
 from lggseg.prediction.report import DISCLAIMER, index_html, report_html
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ def load_model(model: str, root: Path, mlflow: MlflowConfig, runtime: Runtime) -
 
 
 def _load_registered(uri: str, root: Path, mlflow: MlflowConfig, runtime: Runtime) -> LoadedModel:
-    from lggseg.tracking.runs import Tracker
+    from lggseg.tracking.registry import ModelRegistry
+    from lggseg.tracking.store import MlflowStore
 
-    tracker = Tracker(mlflow, root, read_only=True)
-    version = tracker.resolve_registered(uri)
+    registry = ModelRegistry(MlflowStore(mlflow, root, read_only=True))
+    version = registry.resolve_registered(uri)
     with tempfile.TemporaryDirectory(prefix="lggseg-model-") as tmp:
-        files = tracker.download_model_files(version, Path(tmp), uri)
+        files = registry.download_model_files(version, Path(tmp), uri)
         network, checkpoint = load_checkpoint(files / "best.pt")
         settings = _read_settings(files / "inference.json", checkpoint, uri)
     info = {"uri": uri, "registered_model": version.name, "version": str(version.version), "run_id": version.run_id}

@@ -1,2 +1,3 @@
-"""MLflow and DVC bookkeeping: run logging, the model registry and aliases, `lggseg exps`.
-Imports lggseg.core only; used by the stages (training, evaluation, prediction), never by data or model."""
+"""MLflow and DVC bookkeeping: the store (store), run logging (runs), the model registry and aliases (registry),
+`lggseg exps` (experiments). Imports lggseg.core only; used by the stages (training, evaluation, prediction),
+never by data or model."""
