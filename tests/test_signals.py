@@ -16,11 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from mlflow.entities import Metric
 
 from conftest import TINY, cli_args, mlflow_client, start_lggseg, tiny_config
 from lggseg import pipeline
+from lggseg.core.config import MlflowConfig
 from lggseg.core.paths import Paths
-from lggseg.tracking.runs import read_run_pointer
+from lggseg.core.stop_signals import StopRequested, stop_deferred, stop_signals_as_interrupts
+from lggseg.tracking.runs import Tracker, read_run_pointer
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -207,3 +210,35 @@ def test_sigterm_while_cv_queues_its_folds_says_what_goes_on_in_the_queue(tmp_pa
     assert message.startswith("lggseg cv: stopped by SIGTERM while queuing or waiting for the folds of cvs"), message
     assert "dvc queue kill" in message and "lggseg cv --name cvs --report-only" in message, message
     assert not (repo / "reports" / "cv").exists()
+
+
+def test_a_stop_signal_during_a_store_write_arrives_after_the_write(tmp_path):
+    """SIGTERM in the middle of a write to a sqlite store: the write completes, then the stop arrives, and the
+    run can be marked KILLED at once (a transaction cut in two could keep the database locked: CI saw
+    'database is locked' when rank 0 of a two-process training marked its run)."""
+    tracker = Tracker(MlflowConfig(experiment="deferred"), tmp_path)
+    run_id = tracker.start_run("deferred", {}, {})
+    reached_the_write = False
+    with stop_signals_as_interrupts(), pytest.raises(StopRequested) as stopped:
+        with tracker.store.guard("log metrics to"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached_the_write = True
+            tracker.client.log_batch(run_id, metrics=[Metric("val_dice_patient", 0.5, 0, 1)])
+    assert stopped.value.signum == signal.SIGTERM and reached_the_write
+    started = time.monotonic()
+    tracker.end_run(run_id, status="KILLED")
+    assert time.monotonic() - started < 5
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.metrics["val_dice_patient"] == 0.5
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back as they were outside
+
+
+def test_a_second_stop_signal_during_a_deferred_block_goes_through_at_once():
+    after_the_second = False
+    with stop_signals_as_interrupts(), pytest.raises(KeyboardInterrupt):
+        with stop_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            after_the_second = True
+    assert not after_the_second
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

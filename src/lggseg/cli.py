@@ -139,6 +139,9 @@ def _run(argv: Sequence[str] | None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # a warning per HTTP retry of MLflow's: when the server stays away, its one-line error says it all
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # MLflow logs a database error with its whole traceback before raising it; lggseg reports it in one line
+    if not args.verbose:
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # tifffile warns about each damaged tag of a damaged file; lggseg names the file in one line instead
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:

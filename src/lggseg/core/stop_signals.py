@@ -62,6 +62,47 @@ def stop_signals_as_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """Within the block, a stop (Ctrl-C, SIGTERM, SIGHUP) waits until the block ends, then arrives as it would
+    have: for a write that must not be cut in two (a transaction on the MLflow store: cut by a KeyboardInterrupt
+    inside SQLAlchemy, its connection can keep the database locked, and marking the run KILLED then fails). A
+    second stop signal while the block runs is not held back. Nested blocks defer to the outermost; a no-op
+    outside the main thread, where signals are not handled."""
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, object] = {}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        previous.clear()
+
+    def hold(signum: int, frame) -> None:
+        pending.append(signum)
+        if len(pending) > 1:  # asked twice: the stop goes through now
+            restore()
+            signal.raise_signal(signum)
+
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # a Python handler (raising KeyboardInterrupt / StopRequested); SIG_DFL/SIG_IGN stay
+            previous[signum] = signal.signal(signum, hold)
+    _deferring.active = True
+    try:
+        yield
+    finally:
+        _deferring.active = False
+        restore()
+        if pending:
+            signal.raise_signal(pending[0])  # its own handler runs now, as if it had just arrived
+
+
 def stop_quietly_in_loader_worker() -> None:
     """For a DataLoader worker (worker_init_fn): a stop signal sent to the whole process group (Slurm, a CI
     runner, `kill -TERM -<pgid>`) ends the worker as torch ends it on Ctrl-C, quietly (its loop catches the

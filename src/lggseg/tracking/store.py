@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lggseg.core.config import MlflowConfig
 from lggseg.core.redaction import redact
+from lggseg.core.stop_signals import stop_deferred
 
 DVC_TEMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 # a registered version's tag (and its logged model's metadata): the SHA-256 of the best.pt it was logged from,
@@ -113,9 +114,14 @@ class MlflowStore:
 
     @contextlib.contextmanager
     def guard(self, doing: str = "use") -> Iterator[None]:
-        """Any failure of the store becomes one TrackingError line naming the store (credentials hidden)."""
+        """Any failure of the store becomes one TrackingError line naming the store (credentials hidden). On a
+        database store (sqlite, PostgreSQL) a stop signal waits for the block to end: a transaction cut by it can
+        leave the database locked. A server's waits (up to mlflow.server_timeout_s) stay interruptible."""
+        deferred = (contextlib.nullcontext() if self.uri.startswith(("http://", "https://"))
+                    else stop_deferred())
         try:
-            yield
+            with deferred:
+                yield
         except TrackingError:
             raise
         except Exception as exc:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
