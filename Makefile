@@ -49,22 +49,24 @@ demo: install
 	@echo
 	@lggseg exps
 	@echo
-	@echo "Demo finished (experiment demo above: test/val = per-patient Dice); params.yaml and workspace unchanged. Next:"
+	@echo "Demo finished: experiment demo above, trained and tested on synthetic data."
+	@echo "params.yaml and the workspace are unchanged. Next:"
 	@echo "  make exps                        the demo beside your other experiments (dvc exp show, narrowed)"
-	@echo "  make mlflow-ui                   MLflow UI, experiment lggseg-demo (click \"Model training\" once)"
+	@echo "  make mlflow-ui                   MLflow UI; prints the link to the runs sorted by test per-patient Dice"
 	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
 	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
 	@echo "  make predict-demo                lggseg predict: the champion on 3 new synthetic patients"
 
-# After `make demo`: `lggseg predict` with the registered champion on new (synthetic) scans; predictions/ is
-# ignored by git
+# After `make demo`: `lggseg predict` with the demo's champion on new (synthetic) scans; predictions/ is
+# ignored by git. Models trained on synthetic data are registered as lgg-synthetic-*, apart from real ones
 predict-demo: install
 	@rm -rf predictions/demo-scans
 	@lggseg synth predictions/demo-scans --patients 3 --seed 7 >/dev/null
-	lggseg predict predictions/demo-scans/kaggle_3m --out predictions/demo --overwrite
+	lggseg predict predictions/demo-scans/kaggle_3m --model models:/lgg-synthetic-segmentation@champion \
+		--out predictions/demo --overwrite
 	@echo "Reports: predictions/demo/index.html (one report.html per patient)"
 
-exps: install  # `dvc exp show` at terminal width: per-patient Dice per architecture, the params that differ
+exps: install  # `dvc exp show` at terminal width: per-patient Dice (%) per architecture, the params that differ
 	@lggseg exps
 
 # `make lint`: the import layers (lint-imports), lint and import order (ruff), types (mypy); each is set
@@ -134,10 +136,11 @@ push: install
 pull: install
 	dvc pull --run-cache
 
-# MLflow 3.17's UI keeps a per-browser "GenAI | Model training" switch (GenAI by default) that decides where
-# an experiment opens: switch it to Model training once and experiments open on their runs
+# MLflow 3.17's UI opens on its GenAI home; the links printed first open each lggseg experiment's runs in the
+# saved view "Test Dice" (sorted by test per-patient Dice, Dice columns shown; an experiment tag lggseg sets).
+# UI telemetry is off by the server's environment: MLFLOW_DISABLE_TELEMETRY=true, exported above
 mlflow-ui: install
 	@mkdir -p mlruns
-	@echo "Open http://127.0.0.1:5000 and click \"Model training\" (top left) once: experiments then open on their runs"
+	@MLFLOW_TRACKING_URI=sqlite:///$(abspath mlruns)/mlflow.db lggseg mlflow-link --ui http://127.0.0.1:5000 || true
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1

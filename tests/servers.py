@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -54,11 +54,13 @@ def _tail(log: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts_dir: Path, port: int, timeout: float = 60.0) -> Iterator[str]:
+def mlflow_server(backend_uri: str, artifacts_dir: Path, port: int, timeout: float = 60.0,
+                  env: Mapping[str, str] | None = None) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1:`port` (one worker, no job runner) until the block ends; yields its URL.
 
     Clients upload and download artifacts through the server (`--serve-artifacts` into `artifacts_dir`), as
-    a team's server would: they need no access to the artifact store. The log is `artifacts_dir/../mlflow-server-<port>.log`."""
+    a team's server would: they need no access to the artifact store. `env` adds to its environment. The log is
+    `artifacts_dir/../mlflow-server-<port>.log`."""
     artifacts_dir = Path(artifacts_dir)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     log_path = artifacts_dir.parent / f"mlflow-server-{port}.log"
@@ -66,7 +68,7 @@ def mlflow_server(backend_uri: str, artifacts_dir: Path, port: int, timeout: flo
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--backend-store-uri", backend_uri,
                "--serve-artifacts", "--artifacts-destination", str(artifacts_dir)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "wb") as log:
         # own process group: the server's workers stop with it

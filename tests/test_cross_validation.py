@@ -68,7 +68,7 @@ def test_cv_runs_every_fold_through_the_dvc_queue_and_reports_out_of_fold_dice(t
     client = mlflow_client(Paths.at(repo))
     experiment = client.get_experiment_by_name("lggseg-tests").experiment_id
     (parent,) = client.search_runs([experiment], filter_string="tags.cv_group = 'cvt' and tags.stage = 'cv'")
-    assert parent.data.metrics["oof_unet_dice_patient_mean"] == pytest.approx(summary.loc["unet", "dice_patient_mean"])
+    assert parent.data.metrics["oof/unet_dice_patient_mean"] == pytest.approx(summary.loc["unet", "dice_patient_mean"])
     children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 6  # 3 folds x 2 architectures
     for child in children:

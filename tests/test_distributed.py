@@ -40,7 +40,7 @@ def test_two_gloo_processes_train_one_run_one_checkpoint_and_exact_val_dice(tmp_
     runs = client.search_runs([client.get_experiment_by_name("lggseg-tests").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["train.nproc"] == "2"
-    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_dice_patient")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val/dice_patient")) == [1, 2]
     # one checkpoint set, written by rank 0 alone
     assert sorted(p.name for p in paths.model_dir("unet").iterdir()) == [
         "best.pt", "last.pt", "mlflow_run.json", "model.json", "train_summary.json"]

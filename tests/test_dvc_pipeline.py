@@ -82,7 +82,8 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     # `lggseg exps`: the experiment with its headline Dice and changed params, in 100 columns
     table = experiments_table(dvc_experiments(dvc_repo))
     experiment = table[table["experiment"].str.startswith(EXPERIMENT_MARK)].iloc[0]
-    assert experiment["unet test"] == f"{workspace['reports/arch/unet/metrics.json']['data']['dice_patient_mean']:.3f}"
+    test_dice = workspace["reports/arch/unet/metrics.json"]["data"]["dice_patient_mean"]
+    assert experiment["unet test Dice %"] == f"{100 * test_dice:.1f}"  # percent, as the README reports Dice
     assert "train.epochs=2" in experiment["params changed"] and "data.source=synthetic" in experiment["params changed"]
     assert max(len(line) for line in format_experiments(table).splitlines()) <= 100
     assert (dvc_repo / "reports/comparison.md").is_file()
@@ -91,8 +92,8 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     assert "train_history.csv" in plots and "roc.csv" in plots
 
     client = mlflow_client(Paths.at(dvc_repo))
-    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 1
-    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    assert int(client.get_model_version_by_alias("lgg-synthetic-unet", "candidate").version) == 1
+    champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
     assert champion.tags["architecture"] in ("unet", "fpn")
     runs = client.search_runs([client.get_experiment_by_name("lggseg-tests").experiment_id])
     # runs tell their DVC experiment and what it changed apart in the MLflow UI
@@ -100,6 +101,9 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     assert {r.info.run_name for r in runs} == {f"unet ({exp_name})", f"fpn ({exp_name})"}
     assert all(r.data.tags.get("dvc_stage", "").startswith("train@") for r in runs)
     assert all("train.epochs=2" in r.data.tags["params_changed"] for r in runs)
+    # the -S overrides changed params.yaml in the experiment's copy, and DVC rewrote dvc.lock: no code changed
+    assert all(r.data.tags["git_dirty"] == "false" for r in runs), [r.data.tags.get("git_dirty_files") for r in runs]
+    assert champion.tags["git_dirty"] == "false" and champion.tags["data_source"] == "synthetic"
 
     # a changed evaluation param re-runs evaluate + compare only, adding registry versions; --temp runs
     # in a copy under .dvc/tmp/exps/ and still logs into this repository's store
@@ -107,5 +111,7 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     _run(["git", "commit", "-qm", "first experiment"], dvc_repo)
     result = _run(["dvc", "exp", "run", "--temp", *_exp_settings("evaluate.threshold=0.4")], dvc_repo)
     assert set(stages_run(result.stdout)) == {"evaluate@unet", "evaluate@fpn", "compare"}
-    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == 2
-    assert len(client.search_model_versions("name='lgg-segmentation'")) == 2
+    assert int(client.get_model_version_by_alias("lgg-synthetic-unet", "candidate").version) == 2
+    assert len(client.search_model_versions("name='lgg-synthetic-segmentation'")) == 2
+    latest = client.get_model_version_by_alias("lgg-synthetic-unet", "candidate")
+    assert latest.tags["git_dirty"] == "false", latest.tags.get("git_dirty_files")  # --temp: in a copy, the same

@@ -84,15 +84,16 @@ def test_test_metrics_and_artifacts_logged_into_the_training_run(trained_project
         run_id = json.loads((paths.model_dir(arch) / "mlflow_run.json").read_text())["run_id"]
         run = client.get_run(run_id)
         metrics = json.loads((paths.report_dir(arch) / "metrics.json").read_text())
-        assert run.data.metrics["test_dice_patient_mean"] == pytest.approx(metrics["dice_patient_mean"])
-        assert run.data.metrics["test_detection_auc"] == pytest.approx(metrics["detection_auc"])
+        assert run.data.metrics["test/dice_patient_mean"] == pytest.approx(metrics["dice_patient_mean"])
+        assert run.data.metrics["test/detection_auc"] == pytest.approx(metrics["detection_auc"])
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
         assert {"evaluation/metrics.json", "evaluation/all_metrics.json", "evaluation/per_patient.csv",
                 "evaluation/figures"} <= artifacts
         assert run.info.status == "FINISHED"
-        # test_* names only test-split numbers; what was chosen on val says so
-        assert "test_val_dice_patient" not in run.data.metrics and "test_detection_threshold" not in run.data.metrics
-        assert "val_detection_threshold" in run.data.metrics and "best_val_dice_patient" in run.data.metrics
+        # test/ names only test-split numbers; what was chosen on val says so (MLflow's UI groups by the prefix)
+        assert "test/val_dice_patient" not in run.data.metrics and "test/detection_threshold" not in run.data.metrics
+        assert "val/detection_threshold" in run.data.metrics and "val/best_dice_patient" in run.data.metrics
+        assert {m.split("/")[0] for m in run.data.metrics} <= {"train", "val", "test"}, sorted(run.data.metrics)
 
 
 def test_experiment_opens_on_training_runs_in_the_ui(trained_project):
@@ -106,15 +107,28 @@ def test_registry_holds_candidates_and_the_champion(trained_project):
     paths, cfg = trained_project
     client = mlflow_client(paths)
     for arch in cfg.model.architectures:
-        version = client.get_model_version_by_alias(f"lgg-{arch}", "candidate")
+        version = client.get_model_version_by_alias(f"lgg-synthetic-{arch}", "candidate")
         assert version.tags["architecture"] == arch and float(version.tags["test_dice_patient_mean"]) >= 0
         assert len(version.tags["data_fingerprint"]) == 16
-    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
+    # every version records what it was trained on; trained on synthetic data, none is `lgg-segmentation`
+    manifest = json.loads((paths.processed / "manifest.json").read_text())
+    for version in (*(client.get_model_version_by_alias(f"lgg-synthetic-{a}", "candidate") for a in cfg.model.architectures),
+                    champion):
+        assert version.tags["data_source"] == "synthetic" and version.tags["data_fingerprint"] == manifest["fingerprint"]
+        assert version.tags["input_size"] == str(manifest["size"]) and version.tags["channels"] == manifest["channels"]
+        for split in ("train", "val", "test"):
+            assert version.tags[f"{split}_patients"] == str(manifest["splits"][split]["patients"])
+        assert version.tags["train_slices"] == str(manifest["splits"]["train"]["slices"])
+        assert version.tags["trained_on"].startswith("synthetic data: ")
+    assert client.search_model_versions("name='lgg-segmentation'") == []
     val = {a: json.loads((paths.model_dir(a) / "train_summary.json").read_text())["val_dice_patient"]
            for a in cfg.model.architectures}
     assert champion.tags["architecture"] == max(val, key=val.get)  # chosen by validation, never by test
     comparison = (paths.reports / "comparison.md").read_text()
-    assert all(arch in comparison for arch in cfg.model.architectures) and "(champion)" in comparison
+    assert all(arch in comparison for arch in cfg.model.architectures)
+    (champion_row,) = [line for line in comparison.splitlines() if "yes (best validation Dice)" in line]
+    assert champion_row.startswith(f"| **{champion.tags['architecture']}**")
 
 
 def test_comparison_carries_intervals_and_says_whether_the_difference_is_real(trained_project):
@@ -129,7 +143,7 @@ def test_comparison_carries_intervals_and_says_whether_the_difference_is_real(tr
                f"{100 * row.dice_patient_mean_ci_high:.1f}]"
         assert cell in comparison
     assert "_ci_low" not in comparison.split("## Is the difference real?")[0].split("\n\n")[1]  # no raw CI columns
-    champion = mlflow_client(paths).get_model_version_by_alias("lgg-segmentation", "champion").tags["architecture"]
+    champion = mlflow_client(paths).get_model_version_by_alias("lgg-synthetic-segmentation", "champion").tags["architecture"]
     other = next(a for a in cfg.model.architectures if a != champion)
     dice = {a: pd.read_csv(paths.report_dir(a) / "per_patient.csv").set_index("patient_id")["dice"]
             for a in (champion, other)}
@@ -137,7 +151,8 @@ def test_comparison_carries_intervals_and_says_whether_the_difference_is_real(tr
     verdict = next(line for line in comparison.splitlines() if line.startswith("- ") and "Wilcoxon" in line)
     assert f"p = {p_value:.3g}" in verdict and f"{champion} - {other}" in verdict
     if p_value >= 0.05:  # a winner needs p < 0.05 and a difference interval that excludes 0
-        assert "**No significant difference**" in verdict
+        assert "is better**" not in verdict
+        assert "**No significant difference**" in verdict or "**Not established**" in verdict
 
 
 def test_registered_models_load_and_segment(trained_project):
@@ -147,31 +162,32 @@ def test_registered_models_load_and_segment(trained_project):
     positive = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1))[:8]
     x = torch.from_numpy(to_model_input(images[positive]))
     truth = torch.from_numpy(np.asarray(masks[positive])).bool()
-    for uri in ("models:/lgg-segmentation@champion", "models:/lgg-unet/1", "models:/lgg-fpn@candidate"):
+    for uri in ("models:/lgg-synthetic-segmentation@champion", "models:/lgg-synthetic-unet/1",
+                "models:/lgg-synthetic-fpn@candidate"):
         model = registry.load_model(uri)  # a torch.export module, already in inference mode
         with torch.no_grad():
             pred = torch.sigmoid(model(x))[:, 0] > 0.5
         assert pred.shape == truth.shape
         dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
-        if uri != "models:/lgg-fpn@candidate":
+        if uri != "models:/lgg-synthetic-fpn@candidate":
             assert dice > 0.5, (uri, float(dice))
 
 
 def test_rerunning_evaluation_of_the_same_weights_reuses_their_versions(trained_project):
     paths, cfg = trained_project
     client = mlflow_client(paths)
-    before = {int(v.version) for v in client.search_model_versions("name='lgg-unet'")}
-    champions = {v.version for v in client.search_model_versions("name='lgg-segmentation'")}
+    before = {int(v.version) for v in client.search_model_versions("name='lgg-synthetic-unet'")}
+    champions = {v.version for v in client.search_model_versions("name='lgg-synthetic-segmentation'")}
     pipeline.evaluate(cfg, paths, "unet")
     pipeline.compare(cfg, paths)
-    assert {int(v.version) for v in client.search_model_versions("name='lgg-unet'")} == before
-    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(before)
-    assert {v.version for v in client.search_model_versions("name='lgg-segmentation'")} == champions
+    assert {int(v.version) for v in client.search_model_versions("name='lgg-synthetic-unet'")} == before
+    assert int(client.get_model_version_by_alias("lgg-synthetic-unet", "candidate").version) == max(before)
+    assert {v.version for v in client.search_model_versions("name='lgg-synthetic-segmentation'")} == champions
     # other inference settings make another model (its inference.json differs): a new version
     pipeline.evaluate(tiny_config(f"train.epochs={TRAINED_EPOCHS}", "evaluate.threshold=0.45"), paths, "unet")
-    assert {int(v.version) for v in client.search_model_versions("name='lgg-unet'")} == before | {max(before) + 1}
+    assert {int(v.version) for v in client.search_model_versions("name='lgg-synthetic-unet'")} == before | {max(before) + 1}
     pipeline.evaluate(cfg, paths, "unet")  # back to the settings of the first: its version again
-    assert int(client.get_model_version_by_alias("lgg-unet", "candidate").version) == max(before)
+    assert int(client.get_model_version_by_alias("lgg-synthetic-unet", "candidate").version) == max(before)
 
 
 def _predictions(truth_area, pred_area, max_prob, size=64):

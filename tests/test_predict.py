@@ -25,6 +25,7 @@ from lggseg.model.devices import resolve_runtime
 from lggseg.model.inference import predict_probabilities
 from lggseg.model.networks import ModelSpec, create_model
 
+SYNTHETIC_CHAMPION = "models:/lgg-synthetic-segmentation@champion"  # TINY trains on synthetic data
 EXTERNAL = re.compile(r"https?://|<link\b|<script[^>]*\bsrc=|\bsrc=\"(?!data:)", re.IGNORECASE)
 
 
@@ -79,8 +80,8 @@ def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_pr
     paths, _ = trained_project
     patient = split_test_patients(paths)[0]
     out = tmp_path / "out"
-    code, stdout, err = run_predict(capsys, str(patient), "--out", str(out), "--root", str(paths.root),
-                                    "--params", str(PARAMS))
+    code, stdout, err = run_predict(capsys, str(patient), "--model", SYNTHETIC_CHAMPION, "--out", str(out),
+                                    "--root", str(paths.root), "--params", str(PARAMS))
     assert code == 0, err
     folder = out / patient.name
     assert f"{patient.name}: " in stdout and "report.html" in stdout
@@ -89,9 +90,10 @@ def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_pr
     for mask in masks.values():
         assert mask.dtype == np.uint8 and mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
     report = check_report_matches_metric_code(patient, folder)
-    assert report["model"]["uri"] == "models:/lgg-segmentation@champion"
-    champion = mlflow_client(paths).get_model_version_by_alias("lgg-segmentation", "champion")
-    assert report["model"]["registered_model"] == "lgg-segmentation" and report["model"]["version"] == str(champion.version)
+    assert report["model"]["uri"] == "models:/lgg-synthetic-segmentation@champion"
+    champion = mlflow_client(paths).get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
+    assert report["model"]["registered_model"] == "lgg-synthetic-segmentation"
+    assert report["model"]["version"] == str(champion.version)
     assert report["model"]["run_id"] == champion.run_id
     assert report["model"]["size"] == 64 and report["model"]["channels"] == "all"
     assert report["patient"]["dice"] > 0.4  # a trained model on an easy synthetic patient
@@ -103,13 +105,39 @@ def test_predict_a_patient_with_the_champion_writes_masks_and_reports(trained_pr
     assert not (out / "summary.csv").exists()  # one patient: no index
 
 
+def test_the_model_says_what_it_was_trained_on_and_warns_off_synthetic_data(trained_project, patient_copy, tmp_path,
+                                                                            capsys):
+    paths, _ = trained_project
+    patient = split_test_patients(paths)[0]
+    common = ("--model", SYNTHETIC_CHAMPION, "--root", str(paths.root))
+    manifest = json.loads((paths.processed / "manifest.json").read_text())
+    # on synthetic scans (the data set's own folder records it): what it was trained on, no warning
+    code, _, err = run_predict(capsys, str(patient), *common, "--out", str(tmp_path / "synthetic"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "synthetic" / patient.name / "report.json").read_text())
+    trained_on = report["model"]["trained_on"]
+    assert trained_on["data_source"] == "synthetic" and trained_on["data_fingerprint"] == manifest["fingerprint"]
+    assert trained_on["patients"] == {s: manifest["splits"][s]["patients"] for s in ("train", "val", "test")}
+    assert trained_on["slices"] == {s: manifest["splits"][s]["slices"] for s in ("train", "val")}
+    assert trained_on["input_size"] == manifest["size"] and report["warnings"] == []
+    assert f"trained on synthetic data: {manifest['splits']['train']['patients']} train" in err
+    assert "SYNTHETIC data only" not in err
+    # the same patient copied out of its data set has no record of being synthetic: a warning everywhere
+    code, _, err = run_predict(capsys, str(patient_copy.parent), *common, "--out", str(tmp_path / "unknown"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "unknown" / patient.name / "report.json").read_text())
+    assert "trained on SYNTHETIC data only" in err and "no synthetic-data record" in report["warnings"][0]
+    for page in (tmp_path / "unknown" / patient.name / "report.html", tmp_path / "unknown" / "index.html"):
+        assert "SYNTHETIC data only" in page.read_text(), page
+
+
 def test_registry_uri_and_local_folder_give_identical_masks(trained_project, tmp_path, capsys):
     paths, _ = trained_project
     patient = split_test_patients(paths)[-1]
     common = ("--root", str(paths.root), "--params", str(PARAMS))
     # the version registered by the latest evaluation of models/unet (other tests may have added versions)
-    version = str(mlflow_client(paths).get_model_version_by_alias("lgg-unet", "candidate").version)
-    for name, model in (("registry", f"models:/lgg-unet/{version}"), ("local", str(paths.model_dir("unet")))):
+    version = str(mlflow_client(paths).get_model_version_by_alias("lgg-synthetic-unet", "candidate").version)
+    for name, model in (("registry", f"models:/lgg-synthetic-unet/{version}"), ("local", str(paths.model_dir("unet")))):
         code, _, err = run_predict(capsys, str(patient), "--model", model, "--out", str(tmp_path / name), *common)
         assert code == 0, err
     registry, local = (written_masks(tmp_path / n / patient.name) for n in ("registry", "local"))
@@ -125,7 +153,7 @@ def test_the_registered_model_carries_its_preprocessing_and_has_no_pickle(traine
 
     paths, _ = trained_project
     client = mlflow_client(paths)
-    version = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    version = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
     folder = Path(client.get_logged_model(version.source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
     settings = Model.load(str(folder / "MLmodel")).metadata["lggseg"]
     assert settings["preprocess"] == {"size": 64, "channels": "all"} and settings["spec"]["encoder"] == "resnet18"
@@ -141,7 +169,8 @@ def test_an_unknown_model_uri_lists_what_the_registry_holds(trained_project, tmp
     assert code == 1
     assert "models:/lgg-nothing@champion" in err and "is not in the registry" in err
     client = mlflow_client(paths)
-    for name, alias in (("lgg-unet", "candidate"), ("lgg-fpn", "candidate"), ("lgg-segmentation", "champion")):
+    for name, alias in (("lgg-synthetic-unet", "candidate"), ("lgg-synthetic-fpn", "candidate"),
+                        ("lgg-synthetic-segmentation", "champion")):
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         current = client.get_model_version_by_alias(name, alias).version
         assert f"{name} (versions {', '.join(map(str, versions))}; @{alias}={current})" in err
@@ -281,6 +310,10 @@ def test_a_real_patient(trained_project, real_sample, tmp_path, capsys):
     patient = real_sample / "TCGA_CS_4941_19960909"
     code, _, err = run_predict(capsys, str(patient), "--model", str(paths.model_dir("unet")), "--out", str(tmp_path / "o"))
     assert code == 0, err
+    # the model never saw a real scan: the console and the report say so before anything else
+    report = json.loads((tmp_path / "o" / patient.name / "report.json").read_text())
+    assert "trained on SYNTHETIC data only" in err and report["warnings"] and "SYNTHETIC" in report["warnings"][0]
+    assert "SYNTHETIC data only" in (tmp_path / "o" / patient.name / "report.html").read_text()
     masks = written_masks(tmp_path / "o" / patient.name)
     assert set(masks) == {p.name for p in patient.glob("*_mask.tif")}
     assert all(m.shape == (256, 256) and set(np.unique(m)) <= {0, 255} for m in masks.values())

@@ -264,7 +264,7 @@ def test_a_file_that_is_not_a_slice_of_this_folder_is_refused_without_its_bytes(
 
 
 def test_a_patient_folder_linked_from_outside_is_refused(model_dir, scans_in, tmp_path, capsys):
-    outside = Path(shutil.copytree(patients(scans_in)[1], tmp_path / "elsewhere" / "TCGA_ZZ_9999_20000101"))
+    outside = Path(shutil.copytree(patients(scans_in)[1], tmp_path / "elsewhere" / "SYNTH_ZZ_9999_20000101"))
     (scans_in / outside.name).symlink_to(outside, target_is_directory=True)
     code, err = run_predict(capsys, model_dir, str(scans_in), "--out", str(tmp_path / "out"))
     assert code == 1 and "a symbolic link out of the input folder" in err and str(scans_in / outside.name) in err

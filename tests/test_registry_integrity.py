@@ -42,7 +42,7 @@ def _project(prepared_project: Paths, root: Path) -> Paths:
 
 @pytest.fixture(scope="module")
 def retrained_project(prepared_project, tmp_path_factory) -> Paths:
-    """unet trained and evaluated (lgg-unet version 1 @candidate), then trained again with another seed: its
+    """unet trained and evaluated (lgg-synthetic-unet version 1 @candidate), then trained again with another seed: its
     best.pt holds new weights that no evaluate has registered yet."""
     paths = _project(prepared_project, tmp_path_factory.mktemp("registry"))
     cfg = tiny_config(*SETTINGS)
@@ -99,32 +99,33 @@ def test_an_evaluate_killed_after_registering_is_completed_by_the_next_run_and_c
     paths = retrained_project
     client = mlflow_client(paths)
     weights, run_id = _sha256(paths.model_dir("unet") / "best.pt"), _run_id(paths)
-    assert set(_versions(client, "lgg-unet")) == {1}
+    assert set(_versions(client, "lgg-synthetic-unet")) == {1}
 
     # killed right after the new version (2) of lgg-unet exists, before the stage could finish
     process = _lggseg("evaluate", paths, tmp_path / "killed.log")
-    _kill_when(process, lambda: len(client.search_model_versions("name='lgg-unet'")) >= 2, "lgg-unet version 2")
+    _kill_when(process, lambda: len(client.search_model_versions("name='lgg-synthetic-unet'")) >= 2,
+               "lgg-synthetic-unet version 2")
     assert process.returncode == -signal.SIGKILL
     status_at_kill = client.get_run(run_id).info.status
-    champions_before = {v.version for v in client.search_model_versions("name='lgg-segmentation'")}
+    champions_before = {v.version for v in client.search_model_versions("name='lgg-synthetic-segmentation'")}
 
     # compare, now: it promotes the evaluated weights or nothing (before: version 1's weights as champion)
     code, output = _finish("compare", paths, tmp_path / "compare.log", arch=None)
     if code == 0:
-        champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+        champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
         assert _artifact_weights_sha256(client, champion) == weights
     else:
         error = [line for line in output.splitlines() if line.startswith("lggseg compare: error:")]
         assert len(error) == 1 and "Traceback" not in output, output
         assert weights in error[0] and "evaluate" in error[0], error[0]
-        assert {v.version for v in client.search_model_versions("name='lgg-segmentation'")} == champions_before
+        assert {v.version for v in client.search_model_versions("name='lgg-synthetic-segmentation'")} == champions_before
 
     # the next evaluate completes version 2 instead of adding a third, and ends the run the kill left RUNNING
     code, output = _finish("evaluate", paths, tmp_path / "rerun.log")
     assert code == 0, output
-    versions = _versions(client, "lgg-unet")
+    versions = _versions(client, "lgg-synthetic-unet")
     assert set(versions) == {1, 2}
-    assert str(client.get_model_version_by_alias("lgg-unet", "candidate").version) == "2"
+    assert str(client.get_model_version_by_alias("lgg-synthetic-unet", "candidate").version) == "2"
     assert versions[2].tags["weights_sha256"] == weights == _artifact_weights_sha256(client, versions[2])
     assert versions[1].tags.get("weights_sha256", weights) != weights  # version 1 holds the earlier training's
     record = json.loads((paths.report_dir("unet") / "mlflow_model.json").read_text())
@@ -136,14 +137,14 @@ def test_an_evaluate_killed_after_registering_is_completed_by_the_next_run_and_c
 
     code, output = _finish("compare", paths, tmp_path / "compare2.log", arch=None)
     assert code == 0, output
-    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
     assert champion.tags["weights_sha256"] == weights == _artifact_weights_sha256(client, champion)
-    assert champion.tags["source_model"] == "lgg-unet/2"
+    assert champion.tags["source_model"] == "lgg-synthetic-unet/2"
     # compare again: the same champion version, not one more
-    champions = len(client.search_model_versions("name='lgg-segmentation'"))
+    champions = len(client.search_model_versions("name='lgg-synthetic-segmentation'"))
     pipeline.compare(tiny_config(*SETTINGS), paths)
-    assert len(client.search_model_versions("name='lgg-segmentation'")) == champions
-    assert client.get_model_version_by_alias("lgg-segmentation", "champion").version == champion.version
+    assert len(client.search_model_versions("name='lgg-synthetic-segmentation'")) == champions
+    assert client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion").version == champion.version
 
     code, output = _finish("check-champion", paths, tmp_path / "check.log", arch=None)
     assert code == 0 and "registry" in output, output
@@ -161,10 +162,10 @@ def test_compare_refuses_a_version_whose_weights_are_not_the_evaluated_best_pt(r
     paths = retrained_project
     _evaluated(paths)
     client = mlflow_client(paths)
-    champion_before = client.get_model_version_by_alias("lgg-segmentation", "champion").version
+    champion_before = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion").version
     record_path, best = paths.report_dir("unet") / "mlflow_model.json", paths.model_dir("unet") / "best.pt"
     record, best_bytes = record_path.read_text(), best.read_bytes()
-    earlier = _versions(client, "lgg-unet")[1]
+    earlier = _versions(client, "lgg-synthetic-unet")[1]
     try:
         if stale == "names_the_earlier_version":  # as a kill between registering and writing the record leaves it
             record_path.write_text(json.dumps({**json.loads(record), "model_uri": earlier.source, "version": "1"}))
@@ -177,8 +178,8 @@ def test_compare_refuses_a_version_whose_weights_are_not_the_evaluated_best_pt(r
             pipeline.compare(tiny_config(*SETTINGS), paths)
         message = str(error.value)
         assert evaluated in message and registered in message, message
-        assert f"lgg-unet version {version}" in message and "evaluate --arch unet" in message, message
-        assert client.get_model_version_by_alias("lgg-segmentation", "champion").version == champion_before
+        assert f"lgg-synthetic-unet version {version}" in message and "evaluate --arch unet" in message, message
+        assert client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion").version == champion_before
     finally:
         record_path.write_text(record)
         best.write_bytes(best_bytes)
@@ -188,22 +189,22 @@ def test_check_champion_verifies_the_registry_champion_holds_the_weights_it_scor
     paths = retrained_project
     _evaluated(paths)
     client = mlflow_client(paths)
-    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
     weights = _sha256(paths.model_dir("unet") / "best.pt")
     # a champion whose tag lies: the earlier training's weights, tagged with the evaluated hash
-    earlier = _versions(client, "lgg-unet")[1]
+    earlier = _versions(client, "lgg-synthetic-unet")[1]
     registry = ModelRegistry(MlflowStore(tiny_config(*SETTINGS).mlflow, paths.root))
-    liar = client.get_model_version("lgg-segmentation", registry.register(
-        earlier.source, "lgg-segmentation", "champion", {**champion.tags, "weights_sha256": weights}))
+    liar = client.get_model_version("lgg-synthetic-segmentation", registry.register(
+        earlier.source, "lgg-synthetic-segmentation", "champion", {**champion.tags, "weights_sha256": weights}))
     try:
         code, output = _finish("check-champion", paths, tmp_path / "check.log", arch=None)
         lines = [line for line in output.splitlines() if line.startswith("lggseg check-champion: error:")]
         assert code == 1 and len(lines) == 1 and "Traceback" not in output, output
         assert weights in lines[0] and _artifact_weights_sha256(client, liar) in lines[0], lines[0]
-        assert f"lgg-segmentation version {liar.version}" in lines[0], lines[0]
+        assert f"lgg-synthetic-segmentation version {liar.version}" in lines[0], lines[0]
     finally:
-        client.set_registered_model_alias("lgg-segmentation", "champion", champion.version)
-        client.delete_model_version("lgg-segmentation", liar.version)
+        client.set_registered_model_alias("lgg-synthetic-segmentation", "champion", champion.version)
+        client.delete_model_version("lgg-synthetic-segmentation", liar.version)
 
 
 def test_a_killed_training_run_is_ended_by_the_next_training_unless_it_is_resumed(prepared_project, tmp_path_factory):

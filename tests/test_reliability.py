@@ -167,7 +167,7 @@ def test_a_run_killed_and_resumed_repeats_the_uninterrupted_one(tmp_path, prepar
     columns = ["train_loss", "val_loss", "val_dice_slice", "val_dice_patient"]
     pd.testing.assert_frame_equal(resumed[columns], reference[columns], rtol=1e-5, atol=1e-6)
     run_id = read_run_pointer(killed.model_dir("unet") / "mlflow_run.json")["run_id"]
-    steps = [m.step for m in mlflow_client(killed).get_metric_history(run_id, "val_dice_patient")]
+    steps = [m.step for m in mlflow_client(killed).get_metric_history(run_id, "val/dice_patient")]
     assert sorted(steps) == [1, 2, 3]
 
 
@@ -175,10 +175,10 @@ def test_epochs_saved_but_not_logged_before_a_kill_are_logged_once_on_resume(tmp
     tracker = Tracker(MlflowConfig(experiment="catch-up"), tmp_path)
     state = TrainingState(epoch=2, history=[{"epoch": 1, "val_dice_patient": 0.5}, {"epoch": 2, "val_dice_patient": 0.6}])
     state.run_id = tracker.start_run("unet", {}, {})
-    tracker.log_metrics(state.run_id, {"val_dice_patient": 0.5}, step=1)  # the kill came before step 2
-    log_missing_epochs(tracker, state)
-    log_missing_epochs(tracker, state)  # and again: nothing twice
-    history = tracker.client.get_metric_history(state.run_id, "val_dice_patient")
+    tracker.log_metrics(state.run_id, {"val/dice_patient": 0.5}, step=1)  # the kill came before step 2
+    log_missing_epochs(tracker, state, lr_scheduled=True)
+    log_missing_epochs(tracker, state, lr_scheduled=True)  # and again: nothing twice
+    history = tracker.client.get_metric_history(state.run_id, "val/dice_patient")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6)]
 
 

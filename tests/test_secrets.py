@@ -20,6 +20,7 @@ from lggseg.cli import main
 from lggseg.core.redaction import MASK, credentials_in, redact
 from servers import free_port, mlflow_server
 
+CHAMPION = ("--model", "models:/lgg-synthetic-segmentation@champion")  # TINY trains on synthetic data
 URI_PASSWORD = "S3cr3t-xyz-123"  # in the tracking URI's user info
 ENV_PASSWORD = "Pa55-env-789"  # MLFLOW_TRACKING_PASSWORD
 KAGGLE_KEY = "K4ggle-key-456"
@@ -215,7 +216,7 @@ def test_no_credential_reaches_the_store_the_files_or_the_output(tmp_path, prepa
         for args in (["train", "--arch", "unet", *root, *_settings()],
                      ["evaluate", "--arch", "unet", *root, *_settings()],
                      ["compare", *root, *_settings()],
-                     ["predict", str(scans / patient.name), "--out", str(project / "predictions" / "p"), *root]):
+                     ["predict", *CHAMPION, str(scans / patient.name), "--out", str(project / "predictions" / "p"), *root]):
             result = _lggseg(args, env, printed)
             assert result.returncode == 0, printed[-1][-3000:]
         # the credential in params (by --set, or in the file): refused before anything reaches the server
@@ -226,7 +227,7 @@ def test_no_credential_reaches_the_store_the_files_or_the_output(tmp_path, prepa
         # a server that is not there: one line each, or a redacted traceback with -v
         dead = {**base_env, "MLFLOW_TRACKING_URI": f"http://alice:{URI_PASSWORD}@127.0.0.1:{dead_port}"}
         for args in (["train", "--arch", "unet", *root, *_settings()], ["evaluate", "--arch", "unet", *root, *_settings()],
-                     ["compare", *root, *_settings()], ["predict", str(scans), "--out", str(tmp_path / "p2"), *root],
+                     ["compare", *root, *_settings()], ["predict", *CHAMPION, str(scans), "--out", str(tmp_path / "p2"), *root],
                      ["-v", "train", "--arch", "unet", *root, *_settings()]):
             result = _lggseg(args, dead, printed)
             assert result.returncode == 1 and "not reachable" in result.stderr, printed[-1][-3000:]

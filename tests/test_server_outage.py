@@ -94,7 +94,7 @@ def test_a_server_that_goes_away_stops_training_cleanly_and_the_resume_catches_u
         client = MlflowClient(tracking_uri=url)
         run_id = read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"]
         assert client.get_run(run_id).info.status == "FINISHED"
-        steps = sorted(m.step for m in client.get_metric_history(run_id, "val_dice_patient"))
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "val/dice_patient"))
         assert steps == list(range(1, completed + 2))  # what the outage missed, once; nothing twice
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
     assert history["epoch"].tolist() == list(range(1, completed + 2))

@@ -98,7 +98,7 @@ def test_sigterm_during_training_is_one_line_143_a_killed_run_and_resumable(tmp_
     history = pd.read_csv(paths.report_dir("unet") / "train_history.csv")
     assert history["epoch"].tolist() == list(range(1, completed + 2))
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val_dice_patient")) == list(range(1, completed + 2))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/dice_patient")) == list(range(1, completed + 2))
     assert json.loads((model_dir / "train_summary.json").read_text())["run_id"] == run_id
 
 

@@ -54,18 +54,18 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(tracking_server, 
     for arch, run in runs.items():
         assert run.info.status == "FINISHED"
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # uploaded through the server
-        history = client.get_metric_history(run.info.run_id, "val_dice_patient")
+        history = client.get_metric_history(run.info.run_id, "val/dice_patient")
         assert sorted(m.step for m in history) == [1, 2]  # epochs count from 1
-        assert 0 <= run.data.metrics["test_dice_patient_mean"] <= 1
+        assert 0 <= run.data.metrics["test/dice_patient_mean"] <= 1
         assert json.loads((paths.model_dir(arch) / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
-        candidate = client.get_model_version_by_alias(f"lgg-{arch}", "candidate")
+        candidate = client.get_model_version_by_alias(f"lgg-synthetic-{arch}", "candidate")
         assert candidate.run_id == run.info.run_id
-    champion = client.get_model_version_by_alias("lgg-segmentation", "champion")
+    champion = client.get_model_version_by_alias("lgg-synthetic-segmentation", "champion")
     assert champion.tags["architecture"] in ARCHITECTURES
 
     # the champion comes back through the server
     assert mlflow.get_tracking_uri() == os.environ["MLFLOW_TRACKING_URI"]
-    model = mlflow.pytorch.load_model("models:/lgg-segmentation@champion", map_location="cpu")
+    model = mlflow.pytorch.load_model("models:/lgg-synthetic-segmentation@champion", map_location="cpu")
     with torch.no_grad():
         output = model(torch.zeros(3, 3, 64, 64))  # torch.export module: any batch size, no .eval()
     assert output.shape == (3, 1, 64, 64)

@@ -12,13 +12,15 @@ from lggseg import pipeline
 from lggseg.core.paths import Paths
 from lggseg.model.devices import resolve_runtime, seed_everything
 from lggseg.model.networks import ModelSpec, create_model
-from lggseg.tracking.runs import read_run_pointer
+from lggseg.tracking.runs import epoch_metrics, read_run_pointer
 from lggseg.tracking.store import TrackingError
 from lggseg.training.recipe import build_loss, make_loaders
 from lggseg.training.validation import validate
 
-EPOCH_METRICS = {"train_loss", "val_loss", "val_dice_slice", "val_dice_patient", "lr", "epoch_seconds",
-                 "train_images_per_second"}
+# MLflow's names of the per-epoch numbers (sections train/ and val/ in its UI); TINY's lr is constant
+# (scheduler none): not logged per epoch, it is the run's train.lr param
+EPOCH_METRICS = {"train/loss", "val/loss", "val/dice_slice", "val/dice_patient", "train/epoch_seconds",
+                 "train/images_per_second"}
 
 
 def test_unet_learns_well_above_initialisation(trained_project):
@@ -67,11 +69,19 @@ def test_mlflow_holds_both_runs_with_params_tags_and_epoch_metrics(trained_proje
         tags = run.data.tags
         assert tags["device"] == "cpu" and tags["data_source"] == "synthetic" and len(tags["data_fingerprint"]) == 16
         assert "git_commit" in tags or not (paths.root / ".git").exists()
-        assert EPOCH_METRICS <= set(run.data.metrics)
-        history = client.get_metric_history(run.info.run_id, "val_dice_patient")
+        assert EPOCH_METRICS <= set(run.data.metrics) and "train/lr" not in run.data.metrics
+        history = client.get_metric_history(run.info.run_id, "val/dice_patient")
         assert sorted(m.step for m in history) == list(range(1, TRAINED_EPOCHS + 1))
         csv = pd.read_csv(paths.report_dir(arch) / "train_history.csv")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(csv["val_dice_patient"].tolist())
+
+
+def test_a_scheduled_lr_is_logged_per_epoch_and_a_constant_one_is_not():
+    row = {"epoch": 3, "train_loss": 0.4, "val_loss": 0.5, "val_dice_slice": 0.6, "val_dice_patient": 0.7, "lr": 1e-3,
+           "epoch_seconds": 9.0, "train_images_per_second": 30.0}
+    scheduled = epoch_metrics(row, lr_scheduled=True)
+    assert scheduled["train/lr"] == 1e-3 and scheduled["val/dice_patient"] == 0.7 and "epoch" not in scheduled
+    assert set(epoch_metrics(row, lr_scheduled=False)) == set(scheduled) - {"train/lr"} == EPOCH_METRICS
 
 
 def test_summary_and_console_name_the_same_best_epoch(trained_project, capsys):
@@ -84,8 +94,8 @@ def test_summary_and_console_name_the_same_best_epoch(trained_project, capsys):
     assert checkpoint["epoch"] == summary["best_epoch"]
     client = mlflow_client(paths)
     run = client.get_run(summary["run_id"])
-    assert run.data.metrics["best_epoch"] == summary["best_epoch"]
-    steps = {m.step: m.value for m in client.get_metric_history(summary["run_id"], "val_dice_patient")}
+    assert run.data.metrics["val/best_epoch"] == summary["best_epoch"]
+    steps = {m.step: m.value for m in client.get_metric_history(summary["run_id"], "val/dice_patient")}
     assert steps[summary["best_epoch"]] == pytest.approx(summary["val_dice_patient"])
 
 
@@ -106,7 +116,7 @@ def test_resume_continues_the_interrupted_run(tmp_path, prepared_project):
     assert history["epoch"].tolist() == [1, 2]
     assert read_run_pointer(paths.model_dir("unet") / "mlflow_run.json")["run_id"] == first_run
     client = mlflow_client(paths)
-    assert sorted(m.step for m in client.get_metric_history(first_run, "train_loss")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(first_run, "train/loss")) == [1, 2]
     run = client.get_run(first_run)
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resumed.train.epochs"] == "2"
     with pytest.raises(ValueError, match="set train.resume: false"):

@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--arch", required=True, help="architecture name from model.architectures, e.g. unet")
     exps = sub.add_parser("exps", help="DVC experiments at terminal width: headline Dice per architecture, changed params")
     exps.add_argument("--root", default=".", help="the DVC project (default: .)")
+    exps.add_argument("--width", type=int, default=None,
+                      help="columns the table may take (default: COLUMNS, else the terminal's width, else 80)")
     _add_predict(sub)
+    link = sub.add_parser("mlflow-link", help="links into an MLflow UI that open each lggseg experiment's runs "
+                                              "sorted by test per-patient Dice, Dice columns shown")
+    link.add_argument("--ui", default="http://127.0.0.1:5000", help="the UI's address (default: `make mlflow-ui`'s)")
+    link.add_argument("--root", default=".", help="project root whose mlruns/ the UI serves (default: .)")
+    link.add_argument("--params", default="params.yaml", help="read for mlflow.tracking_uri when present")
     cv = sub.add_parser("cv", help="cross-validation over every patient: one DVC experiment per fold, queued and "
                                    "run by `dvc queue`, out-of-fold report in reports/cv/")
     cv.add_argument("--folds", type=int, default=5, help="patient folds (default 5)")
@@ -153,6 +160,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return _predict(args)
         if args.command == "cv":
             return _cv(args)
+        if args.command == "mlflow-link":
+            return _mlflow_link(args)
         cfg = load_config(args.params, args.overrides)
         paths = Paths.at(args.root)
         stage = getattr(pipeline, args.command.replace("-", "_"))
@@ -186,6 +195,26 @@ def _run(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _mlflow_link(args: argparse.Namespace) -> int:
+    from lggseg.core.config import MlflowConfig
+    from lggseg.tracking.store import RUNS_VIEW_NAME, MlflowStore, TrackingError
+
+    mlflow = load_config(args.params).mlflow if Path(args.params).is_file() else MlflowConfig()
+    try:
+        links = MlflowStore(mlflow, Path(args.root), read_only=True).ui_links(args.ui)
+    except TrackingError as error:  # no store yet, or a server that does not answer: the UI still opens
+        print(f"MLflow UI: {args.ui} (no links: {error})")
+        return 0
+    if not links:
+        print(f"MLflow UI: {args.ui} (no lggseg experiment in the store yet: run `make demo` or `dvc repro`)")
+    else:
+        print(f"MLflow UI: {args.ui}; each experiment's runs sorted by test per-patient Dice "
+              f"(view {RUNS_VIEW_NAME!r}):")
+    for name, url in links.items():
+        print(f"  {name}: {url}")
+    return 0
+
+
 def _cv(args: argparse.Namespace) -> int:
     from lggseg.evaluation.cross_validation import run_cross_validation
 
@@ -203,9 +232,10 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _exps(args: argparse.Namespace) -> int:
-    from lggseg.tracking.experiments import dvc_experiments, experiments_table, format_experiments
+    from lggseg.tracking.experiments import dvc_experiments, experiments_table, format_experiments, terminal_width
 
-    print(format_experiments(experiments_table(dvc_experiments(Path(args.root)))))
+    table = experiments_table(dvc_experiments(Path(args.root)))
+    print(format_experiments(table, args.width or terminal_width()))
     return 0
 
 

@@ -117,7 +117,7 @@ def _member_data_span(archive: Path, member: str) -> tuple[int, int]:
 
 def _first_image_member(archive: Path) -> str:
     with zipfile.ZipFile(archive) as zf:
-        return next(n for n in zf.namelist() if n.startswith("kaggle_3m/TCGA_") and n.endswith("_1.tif"))
+        return next(n for n in zf.namelist() if n.startswith("kaggle_3m/SYNTH_") and n.endswith("_1.tif"))
 
 
 def _damage(kaggle_zip: Path, out: Path, how: str) -> tuple[Path, str]:
@@ -173,7 +173,7 @@ def test_damaged_archive_is_one_line_at_the_cli(tmp_path, kaggle_zip, capsys):
 
 @pytest.mark.parametrize("missing, message", [
     ("data.csv", "kaggle_3m/data.csv is missing"),
-    ("TCGA_*", "no TCGA_* patient folders in kaggle_3m/; not an LGG data set"),
+    ("SYNTH_*", "no TCGA_* (or SYNTH_*) patient folders in kaggle_3m/; not an LGG data set"),
 ])
 def test_incomplete_archive_names_the_archive_not_the_staging_folder(tmp_path, synthetic_tree, missing, message):
     tree = tmp_path / "incomplete" / "kaggle_3m"

@@ -10,11 +10,25 @@ import tifffile
 from conftest import tiny_config
 from lggseg import pipeline
 from lggseg.core.paths import Paths
-from lggseg.data.layout import DatasetError, build_index
+from lggseg.data.layout import DatasetError, build_index, is_synthetic_case, parse_patient_id
 
 
 def _first_patient(paths: Paths) -> Path:
     return sorted(p for p in paths.dataset.iterdir() if p.is_dir())[0]
+
+
+def test_patient_folder_names_are_real_tcga_or_synthetic():
+    assert parse_patient_id("TCGA_CS_4941_19960909") == ("TCGA_CS_4941", "CS")
+    assert parse_patient_id("SYNTH_HT_0A1B_20000101") == ("SYNTH_HT_0A1B", "HT")  # the institution stays parsed
+    assert is_synthetic_case("SYNTH_HT_0A1B_20000101") and not is_synthetic_case("TCGA_CS_4941_19960909")
+    for name in ("SYN_CS_4941_19960909", "TCGA_CS_4941", "synth_CS_4941_19960909"):
+        with pytest.raises(DatasetError, match=name):
+            parse_patient_id(name)
+
+
+def test_synthetic_index_names_every_patient_synthetic(synthetic_tree):
+    slices, _ = build_index(synthetic_tree)
+    assert slices["patient_id"].map(is_synthetic_case).all() and slices["case_id"].str.startswith("SYNTH_").all()
 
 
 def test_real_sample_index(real_sample):
@@ -80,7 +94,7 @@ def _break_mask_values(paths):
 
 
 def _break_empty_patient(paths):
-    empty = paths.dataset / "TCGA_ZZ_0000_20000101"
+    empty = paths.dataset / "SYNTH_ZZ_0000_20000101"
     empty.mkdir()
     return empty.name, "empty_patient_folder"
 

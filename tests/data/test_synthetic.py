@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from lggseg.data.provenance import SOURCE_RECORD
 from lggseg.data.synthetic import (
     DATA_CSV_COLUMNS,
     INSTITUTIONS,
@@ -20,7 +21,7 @@ from lggseg.data.synthetic import (
 )
 
 REAL_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "realdata" / "kaggle_3m_sample"
-CASE_PATTERN = re.compile(r"TCGA_([A-Z0-9]{2})_([A-Z0-9]{4})_(\d{8})")
+CASE_PATTERN = re.compile(r"SYNTH_([A-Z0-9]{2})_([A-Z0-9]{4})_(\d{8})")  # never TCGA_: not a real patient
 SLICES_MIN, SLICES_MAX = 20, 30
 
 
@@ -52,7 +53,7 @@ def test_layout_and_names_follow_the_real_pattern(cohort: Path) -> None:
     assert cohort.name == "kaggle_3m"
     entries = {path.name for path in cohort.iterdir()}
     cases = _case_dirs(cohort)
-    assert entries - {case.name for case in cases} == {"data.csv", "README.md"}
+    assert entries - {case.name for case in cases} == {"data.csv", "README.md", SOURCE_RECORD}
     assert len(cases) == 12
     for case in cases:
         assert CASE_PATTERN.fullmatch(case.name), case.name

@@ -19,6 +19,8 @@ from lggseg.core.atomic import staged_dir
 from lggseg.core.config import DataConfig
 from lggseg.core.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
 from lggseg.data import synthetic
+from lggseg.data.layout import is_patient_folder_name
+from lggseg.data.provenance import recorded_source, write_source_record
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ def acquire(cfg: DataConfig, dataset_dir: Path, default_archive: Path) -> Path:
         install_local(local, dataset_dir)
     else:
         download_kaggle(cfg.kaggle_dataset, dataset_dir)
+    if source != "synthetic" and recorded_source(dataset_dir) is None:  # a copied synthetic tree stays synthetic
+        write_source_record(dataset_dir, source)
     return dataset_dir
 
 
@@ -129,9 +133,9 @@ def find_dataset_tree(folder: Path) -> Path:
     for candidate in (folder, folder / DATASET_DIRNAME, folder / "lgg-mri-segmentation" / DATASET_DIRNAME):
         if candidate.name == DATASET_DIRNAME and candidate.is_dir():
             return candidate
-    if any(p.is_dir() and p.name.startswith("TCGA_") for p in folder.iterdir()):
+    if any(p.is_dir() and is_patient_folder_name(p.name) for p in folder.iterdir()):
         return folder  # a renamed copy of kaggle_3m (e.g. the shared real sample)
-    raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* patient folders inside")
+    raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* (or SYNTH_*) patient folders inside")
 
 
 def extract_dataset_zip(archive: Path, target: Path) -> str:
@@ -274,9 +278,9 @@ def check_dataset_tree(tree: Path, origin: str | None = None, inner: str = "") -
     `origin` names the tree in messages (the archive or folder the user gave, never the staging folder);
     `inner` is the tree's path inside an archive, e.g. 'kaggle_3m/'."""
     where = origin or str(tree)
-    patients = [p for p in tree.iterdir() if p.is_dir() and p.name.startswith("TCGA_")]
+    patients = [p for p in tree.iterdir() if p.is_dir() and is_patient_folder_name(p.name)]
     if not patients:
-        raise DataSourceError(f"{where}: no TCGA_* patient folders{f' in {inner}' if inner else ''}; "
+        raise DataSourceError(f"{where}: no TCGA_* (or SYNTH_*) patient folders{f' in {inner}' if inner else ''}; "
                               "not an LGG data set")
     if not (tree / "data.csv").is_file():
         raise DataSourceError(f"{where}: {inner}data.csv is missing")

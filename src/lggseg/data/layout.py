@@ -20,7 +20,12 @@ from lggseg.data import tiff_guard
 
 log = logging.getLogger(__name__)
 
-PATIENT_RE = re.compile(r"^(?P<case_id>TCGA_(?P<institution>[A-Z0-9]{2})_[A-Z0-9]{4})_(?P<date>\d{8})$")
+REAL_PREFIX = "TCGA"  # the Kaggle LGG data set's patients, from The Cancer Genome Atlas
+SYNTHETIC_PREFIX = "SYNTH"  # `lggseg synth`'s patients: every folder, file, case ID and report says they are not real
+PATIENT_PREFIXES = (REAL_PREFIX, SYNTHETIC_PREFIX)
+PATIENT_RE = re.compile(
+    r"^(?P<case_id>(?P<prefix>" + "|".join(PATIENT_PREFIXES) + r")_(?P<institution>[A-Z0-9]{2})_[A-Z0-9]{4})_(?P<date>\d{8})$"
+)
 IMAGE_SHAPE = (256, 256, 3)
 MASK_SHAPE = (256, 256)
 INDEX_COLUMNS = [
@@ -40,11 +45,22 @@ class Problem:
 
 
 def parse_patient_id(patient_id: str) -> tuple[str, str]:
-    """`TCGA_CS_4941_19960909` -> (`TCGA_CS_4941`, `CS`)."""
+    """`TCGA_CS_4941_19960909` -> (`TCGA_CS_4941`, `CS`); `SYNTH_CS_4941_19960909` -> (`SYNTH_CS_4941`, `CS`)."""
     match = PATIENT_RE.match(patient_id)
     if not match:
-        raise DatasetError(f"{patient_id}: patient folder name does not match TCGA_<inst>_<id>_<date>")
+        raise DatasetError(f"{patient_id}: patient folder name does not match TCGA_<inst>_<id>_<date> "
+                           "(or SYNTH_<inst>_<id>_<date> for synthetic data)")
     return match["case_id"], match["institution"]
+
+
+def is_patient_folder_name(name: str) -> bool:
+    """A name that starts like a patient folder of the data set (real `TCGA_` or synthetic `SYNTH_`)."""
+    return name.startswith(tuple(f"{prefix}_" for prefix in PATIENT_PREFIXES))
+
+
+def is_synthetic_case(case: str) -> bool:
+    """A case named by `lggseg synth` (`SYNTH_<inst>_<id>_<date>`), not a patient."""
+    return str(case).startswith(f"{SYNTHETIC_PREFIX}_")
 
 
 def slice_number(name: str, patient_id: str) -> int | None:

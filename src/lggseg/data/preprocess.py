@@ -24,6 +24,7 @@ from lggseg.core.atomic import staged_dir, write_json
 from lggseg.core.config import PreprocessConfig
 from lggseg.core.diskspace import block_size, on_disk, require_free_space
 from lggseg.core.paths import SPLITS, Paths
+from lggseg.data.provenance import NOT_RECORDED, recorded_source
 from lggseg.data.split import check_no_leak, slices_for
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def preprocess_dataset(
 ) -> dict:
     """Write `out_dir/<split>/{images.npy, masks.npy, slices.csv}` and `out_dir/manifest.json` atomically."""
     check_no_leak({name: splits[name] for name in SPLITS})
-    manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "splits": {}}
+    manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "splits": {},
+                      "data_source": recorded_source(dataset_root) or NOT_RECORDED}  # what training records
     rows_of = {name: slices_for(slices, splits[name]) for name in SPLITS}
     # the arrays are memory maps: a page written to a full disk kills the process (SIGBUS), so the space
     # is checked here and then reserved per file (`_reserved_array`) before anything is written

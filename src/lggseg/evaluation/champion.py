@@ -1,5 +1,6 @@
 """The side-by-side comparison of the evaluated architectures, the champion it picks (best per-patient VAL Dice,
-never a test number), its registration as `lgg-segmentation@champion`, and check-champion's proof that the
+never a test number), its registration as `lgg-segmentation@champion` (`lgg-synthetic-segmentation@champion` when
+it was trained on synthetic data), and check-champion's proof that the
 champion's files and registry entry reproduce what was scored."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pandas as pd
 
 from lggseg.core.config import Config
 from lggseg.core.paths import Paths
+from lggseg.data.provenance import NOT_RECORDED, provenance_tags, registered_name
 from lggseg.evaluation.evaluate import count_table, predict_split
 from lggseg.evaluation.figures.comparison import COMPARISON_METRICS, comparison_table, write_comparison
 from lggseg.evaluation.intervals import paired_comparison
@@ -24,6 +26,12 @@ from lggseg.tracking.runs import git_state
 from lggseg.tracking.store import WEIGHTS_TAG, MlflowStore, resolve_tracking_uri
 
 CHAMPION_MODEL = "lgg-segmentation"
+"""The champion of models trained on real data; trained on synthetic data it is `lgg-synthetic-segmentation`."""
+
+
+def champion_model(record: dict) -> str:
+    """The registry name of the champion `record` (an evaluate's mlflow_model.json) would become."""
+    return registered_name("segmentation", (record.get("trained_on") or {}).get("data_source", NOT_RECORDED))
 
 
 def _redo_evaluate(arch: str) -> str:
@@ -60,20 +68,23 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
             candidate, paths.model_dir(champion) / "best.pt",
             f"named by {paths.report_dir(champion) / 'mlflow_model.json'}", _redo_evaluate(champion))
     paired = paired_comparisons(paths, champion, list(cfg.model.architectures))
-    written = write_comparison(table, paths.reports, champion=champion, paired=paired)
+    data_sources = {arch: (records[arch].get("trained_on") or {}).get("data_source", NOT_RECORDED) for arch in records}
+    written = write_comparison(table, paths.reports, champion=champion, paired=paired, data_sources=data_sources)
     if register:
         source = f"{record['registered_model']}/{record['version']}"
         tags = {"architecture": champion, "source_model": source, WEIGHTS_TAG: weights,
                 "val_dice_patient": f"{table.set_index('architecture').loc[champion, 'val_dice_patient']:.4f}",
                 **git_state(paths.root)}
-        same = [v for v in registry.versions_holding(CHAMPION_MODEL, weights, source_model=source)
+        tags.update(provenance_tags(record.get("trained_on")))
+        name = champion_model(record)
+        same = [v for v in registry.versions_holding(name, weights, source_model=source)
                 if v.source == candidate.source]  # the same logged model: nothing new to register
         if same:
             version = same[0].version
-            registry.move_alias(CHAMPION_MODEL, "champion", version, tags)
+            registry.move_alias(name, "champion", version, tags)
         else:
-            version = registry.register(record["model_uri"], CHAMPION_MODEL, "champion", tags)
-        print(f"{'registered' if not same else 'kept'} {CHAMPION_MODEL} version {version} (@champion) = {champion}")
+            version = registry.register(record["model_uri"], name, "champion", tags)
+        print(f"{'registered' if not same else 'kept'} {name} version {version} (@champion) = {champion}")
     return {"table": table, "champion": champion, "markdown": written["markdown"]}
 
 
@@ -118,8 +129,9 @@ def check_registry_champion(cfg: Config, paths: Paths, champion: str) -> str:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return f"registry not checked: no MLflow store at {uri.removeprefix('sqlite:///')}"
     registry = ModelRegistry(MlflowStore(cfg.mlflow, paths.root, read_only=True))
-    version = registry.resolve_registered(f"models:/{CHAMPION_MODEL}@champion")
-    where = f"{CHAMPION_MODEL} version {version.version}"
+    name = champion_model(record)
+    version = registry.resolve_registered(f"models:/{name}@champion")
+    where = f"{name} version {version.version}"
     if version.tags.get("architecture") != champion:
         raise ValueError(f"{where} (@champion) is {version.tags.get('architecture')}, but {paths.reports / 'comparison.csv'} "
                          f"makes {champion} the champion: re-run compare")

@@ -240,7 +240,7 @@ def log_to_mlflow(cfg: Config, root: Path, group: str, folds: int, out_dir: Path
     for row in summary.to_dict("records"):
         for key in ("dice_patient_mean", "dice_patient_mean_ci_low", "dice_patient_mean_ci_high", "dice_patient_median"):
             if row[key] is not None and not pd.isna(row[key]):
-                metrics[f"oof_{row['architecture']}_{key}"] = float(row[key])
+                metrics[f"oof/{row['architecture']}_{key}"] = float(row[key])  # a section `oof` in MLflow's UI
     tracker.log_metrics(run_id, metrics)
     try:
         tracker.log_artifacts(run_id, sorted(out_dir.iterdir()), artifact_path="cv")

@@ -24,6 +24,7 @@ from lggseg.core.config import Config
 from lggseg.core.paths import Paths
 from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view, processed_manifest
+from lggseg.data.provenance import NOT_RECORDED, provenance_tags, registered_name
 from lggseg.data.split import check_no_leak
 from lggseg.evaluation.figures.dice import plot_dice_per_patient
 from lggseg.evaluation.figures.overlays import plot_patient_montage, plot_patient_overlays
@@ -42,7 +43,7 @@ from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import Runtime, inference_runtime
 from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference
 from lggseg.tracking.registry import ModelRegistry
-from lggseg.tracking.runs import Tracker, git_state, read_run_pointer
+from lggseg.tracking.runs import TEST_PREFIX, Tracker, git_state, read_run_pointer
 from lggseg.tracking.store import WEIGHTS_TAG, TrackingError, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,12 @@ def evaluate_architecture(cfg: Config, arch: str, paths: Paths) -> dict:
     write_csv(report_dir / "roc.csv", roc.replace([np.inf, -np.inf], np.nan))
     figures = _write_figures(arch, test, per_patient, metrics, roc, paths, cfg)
 
+    trained_on = checkpoint.get("trained_on")  # None: trained by an older lggseg
     if tracker is None:
-        write_json(report_dir / "mlflow_model.json", {"run_id": None, "registered": False})
+        write_json(report_dir / "mlflow_model.json", {"run_id": None, "registered": False, "trained_on": trained_on})
     else:
-        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary, weights)
+        _log_to_mlflow(tracker, run_id, cfg, arch, paths, model, settings, metrics, figures, train_summary, weights,
+                       trained_on)
     return metrics
 
 
@@ -324,23 +327,24 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
 
 def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
                    settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict,
-                   weights: str) -> None:
+                   weights: str, trained_on: dict | None) -> None:
     report_dir = paths.report_dir(arch)
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not k.startswith(NOT_TEST_METRICS)},
-                        prefix="test_")
-    # the detection rule was chosen on val; the val Dice is training's (best_val_dice_patient)
-    tracker.log_metrics(run_id, {"val_detection_threshold": metrics["detection_threshold"],
-                                 "val_detection_min_area": metrics["detection_min_area"]})
+                        prefix=TEST_PREFIX)
+    # the detection rule was chosen on val; the val Dice is training's (val/best_dice_patient)
+    tracker.log_metrics(run_id, {"val/detection_threshold": metrics["detection_threshold"],
+                                 "val/detection_min_area": metrics["detection_min_area"]})
     # tags, not params: MLflow params are immutable and evaluation may re-run with other settings
     tracker.set_tags(run_id, {f"evaluate.{k}": str(v) for k, v in cfg.section("evaluate").items()})
     tracker.log_artifacts(run_id, [report_dir / n for n in ("metrics.json", "all_metrics.json", "per_patient.csv", "roc.csv",
                                                             "inference.json")], "evaluation")
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
-    record: dict = {"run_id": run_id, "registered": False}
+    record: dict = {"run_id": run_id, "registered": False, "trained_on": trained_on}
     if cfg.mlflow.register:
-        name = f"lgg-{arch}"
+        name = registered_name(arch, (trained_on or {}).get("data_source", NOT_RECORDED))
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
-                "architecture": arch, "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
+                **provenance_tags(trained_on), "architecture": arch,
+                "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",
                 "val_dice_patient": f"{train_summary['val_dice_patient']:.4f}", "run_id": run_id, WEIGHTS_TAG: weights}
         registry = ModelRegistry(tracker.store)
         existing = registry.reusable_version(name, weights, run_id, settings.to_dict())
@@ -354,6 +358,6 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
             registry.move_alias(name, "candidate", version, tags)
             print(f"{name} version {version} already holds these weights (sha256 {weights[:12]}...): @candidate on it")
         record = {"run_id": run_id, "registered": True, "model_uri": model_uri, "registered_model": name,
-                  "version": version, "alias": "candidate"}
+                  "version": version, "alias": "candidate", "trained_on": trained_on}
     tracker.end_run(run_id)
     write_json(report_dir / "mlflow_model.json", record)

@@ -15,6 +15,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ from lggseg import __version__
 from lggseg.core.atomic import staged_dir, write_json
 from lggseg.core.config import MlflowConfig
 from lggseg.data.preprocess import flair_view, prepare_image
+from lggseg.data.provenance import describe_training_data, input_source, provenance_warnings
 from lggseg.data.scans import PatientImages, PatientScan, find_patients, input_tree, read_patient
 from lggseg.metrics.segmentation import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
 from lggseg.model.checkpoint import load_checkpoint
@@ -93,7 +95,8 @@ def _load_registered(uri: str, root: Path, mlflow: MlflowConfig, runtime: Runtim
         files = registry.download_model_files(version, Path(tmp), uri)
         network, checkpoint = load_checkpoint(files / "best.pt")
         settings = _read_settings(files / "inference.json", checkpoint, uri)
-    info = {"uri": uri, "registered_model": version.name, "version": str(version.version), "run_id": version.run_id}
+    info = {"uri": uri, "registered_model": version.name, "version": str(version.version), "run_id": version.run_id,
+            "trained_on": checkpoint.get("trained_on")}  # from the weights' own file, which the registry hashed
     return _ready(network, settings, runtime, info)
 
 
@@ -111,7 +114,8 @@ def _load_local(path: Path, runtime: Runtime) -> LoadedModel:
                                      chosen_on="no evaluation found: defaults")
     else:
         settings = _read_settings(found, checkpoint, str(found))
-    info = {"uri": str(path), "registered_model": None, "version": None, "run_id": None}
+    info = {"uri": str(path), "registered_model": None, "version": None, "run_id": None,
+            "trained_on": checkpoint.get("trained_on")}
     return _ready(network, settings, runtime, info)
 
 
@@ -167,7 +171,8 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
 
 
 def patient_report(model: LoadedModel, scan: PatientScan, inputs: PatientImages, pred: list[np.ndarray],
-                   probabilities: list[np.ndarray], seconds: float, spacing: tuple[float, float, float] | None) -> dict:
+                   probabilities: list[np.ndarray], seconds: float, spacing: tuple[float, float, float] | None,
+                   warnings: Sequence[str] = ()) -> dict:
     """The report.json of one patient; Dice (per slice and per patient) by the project's metric code."""
     numbers = scan.slice_numbers
     areas = [int(mask.sum()) for mask in pred]
@@ -200,7 +205,7 @@ def patient_report(model: LoadedModel, scan: PatientScan, inputs: PatientImages,
         "input": {"path": str(scan.folder if len(scan.slices) > 1 else scan.slices[0].image), "slices": len(slices),
                   "image_size": list(shapes[0]) if len(shapes) == 1 else [list(s) for s in shapes],
                   "grayscale": inputs.grayscale, "spacing_mm": list(spacing) if spacing else None},
-        "patient": patient, "slices": slices, "notes": inputs.notes, "disclaimer": DISCLAIMER,
+        "patient": patient, "slices": slices, "notes": inputs.notes, "warnings": list(warnings), "disclaimer": DISCLAIMER,
     }
 
 
@@ -256,6 +261,11 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
     loaded = load_model(model, Path(root), mlflow or MlflowConfig(), runtime)
     batch_size = batch_size or (32 if runtime.device.type == "cuda" else 8)
     flair_only = loaded.settings.preprocess["channels"] == "flair"
+    print(f"model {loaded.info['uri']}: {loaded.info['architecture']}/{loaded.info['encoder']}, trained on "
+          f"{describe_training_data(loaded.info['trained_on'])}", file=sys.stderr)
+    warnings = provenance_warnings(loaded.info["trained_on"], input_source(Path(input_path)))
+    for warning in warnings:  # printed, not logged: no logging setup may hide it
+        print(f"WARNING: {warning}", file=sys.stderr)
     rows = []
     # the folder a link points at is the one replaced; the link stays valid
     with staged_dir(out_dir.resolve()) as staging:
@@ -264,13 +274,13 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
             for note in inputs.notes:
                 log.warning("%s: %s", scan.case, note)
             pred, maps, seconds = segment_patient(loaded, scan, inputs, batch_size)
-            report = patient_report(loaded, scan, inputs, pred, maps, seconds, spacing)
+            report = patient_report(loaded, scan, inputs, pred, maps, seconds, spacing, warnings)
             write_patient(staging / scan.case, PatientPrediction(scan, inputs, pred, maps, report), probabilities)
             rows.append(summary_row(report))
         summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
         if many:
             summary.to_csv(staging / "summary.csv", index=False)
-            (staging / "index.html").write_text(index_html(summary))
+            (staging / "index.html").write_text(index_html(summary, loaded.info, warnings))
         write_json(staging / OUTPUT_MARKER, output_marker(Path(input_path), model, summary))
         check_output_replaceable(out_dir, overwrite)  # again: the folder may have changed during the run
     return summary

@@ -24,19 +24,49 @@ log = logging.getLogger(__name__)
 
 MODEL_PIP_REQUIREMENTS = ["torch", "segmentation-models-pytorch"]
 
+# MLflow names of the per-epoch numbers (train_history.csv's columns). MLflow's run page draws one chart per
+# metric and puts `train/...` into a section `train`, `val/...` into `val`, `test/...` into `test`: the
+# curves stay apart from evaluation's single numbers. The DVC files (metrics.json, train_history.csv) keep
+# their own names.
+EPOCH_METRICS = {"train_loss": "train/loss", "val_loss": "val/loss", "val_dice_slice": "val/dice_slice",
+                 "val_dice_patient": "val/dice_patient", "lr": "train/lr", "epoch_seconds": "train/epoch_seconds",
+                 "train_images_per_second": "train/images_per_second"}
+VAL_DICE_PATIENT = EPOCH_METRICS["val_dice_patient"]
+TEST_PREFIX = "test/"  # evaluation's numbers on the test patients: `test/dice_patient_mean` ...
+HEADLINE_METRIC = TEST_PREFIX + "dice_patient_mean"
+
+
+def epoch_metrics(row: Mapping[str, Any], lr_scheduled: bool) -> dict[str, Any]:
+    """One epoch's row under its MLflow names. A constant learning rate (no scheduler) is left out: its chart
+    is a flat line on a -1..1 axis that reads as 0; the value is the run's `train.lr` param."""
+    return {EPOCH_METRICS[key]: value for key, value in row.items()
+            if key in EPOCH_METRICS and (lr_scheduled or key != "lr")}
+
+
+NOT_CODE = ("params.yaml", "dvc.lock")
+"""Tracked files whose changes are no code change: params (recorded as `params_changed`; `dvc exp run -S` writes them
+into its copy of the repository) and the lock file DVC rewrites as stages run."""
+
 
 def git_state(root: Path) -> dict[str, str]:
-    """Commit and dirty flag of the working tree (empty when not a git checkout)."""
+    """Commit and dirty flag of the working tree (empty when not a git checkout): `git_dirty` is `true` when tracked
+    files other than NOT_CODE differ from the commit (inside `dvc exp run`, from the experiment's baseline), and
+    `git_dirty_files` then names them."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
+        changed = git("diff", "HEAD", "--name-only", "--", ":/",
+                      *(f":(top,exclude){name}" for name in NOT_CODE)).splitlines() if commit else []
     except (OSError, subprocess.SubprocessError):
         return {}
     if not commit:
         return {}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+    state = {"git_commit": commit, "git_dirty": str(bool(changed)).lower()}
+    if changed:
+        files = " ".join(changed)
+        state["git_dirty_files"] = files if len(files) <= 500 else files[:497] + "..."
+    return state
 
 
 def environment_tags() -> dict[str, str]:

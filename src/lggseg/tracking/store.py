@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -25,11 +27,53 @@ EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": (
         "lggseg: FLAIR-abnormality (lower-grade glioma) segmentation on the LGG MRI Segmentation data set. "
-        "One run per architecture and pipeline run: per-epoch training and validation metrics, then `test_*` "
-        "metrics on held-out patients (headline: test_dice_patient_mean, the mean per-patient 3-D Dice), "
-        "figures under evaluation/, and registered models `lgg-<arch>` (@candidate) and `lgg-segmentation` (@champion)."
+        "One run per architecture and pipeline run: per-epoch `train/` and `val/` metrics, then `test/` "
+        "metrics on held-out patients (headline: test/dice_patient_mean, the mean per-patient 3-D Dice), "
+        "figures under evaluation/, and registered models `lgg-<arch>` (@candidate) and `lgg-segmentation` (@champion), "
+        "`lgg-synthetic-*` when trained on synthetic data. The view `Test Dice` (Views menu) sorts the runs by it."
     ),
 }
+# A saved view of the runs table (MLflow >= 3.15): the experiment tag `mlflow.sharedViewState.<key>`, opened by
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`. A link alone carries the sort but not the columns; a fresh
+# browser otherwise shows Source, Models and Dataset and no metric at all.
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "lggseg-test-dice"
+RUNS_VIEW_NAME = "Test Dice"
+RUNS_VIEW_SORT = "test/dice_patient_mean"  # lggseg.tracking.runs.HEADLINE_METRIC (store is the lower module)
+# the columns, in this order; their widths fit their names (the table's default, about 100 px, cuts them to
+# `test/dice_pat...`). Test and val Dice and the params a run changed fit a 1400 px window beside the run names;
+# the intervals are one click away (Columns) and in reports/comparison.md
+RUNS_VIEW_METRICS = {RUNS_VIEW_SORT: 190, "val/best_dice_patient": 180}
+RUNS_VIEW_TAGS = {"params_changed": 240}
+
+
+def column_key(kind: str, name: str) -> str:
+    """The runs table's name of a column: `metrics.`test/dice_patient_mean``, `tags.`params_changed``."""
+    return f"{kind}.`{name}`"
+
+
+def runs_view_state() -> dict:
+    """The runs table of the saved view: Dice columns first, best test per-patient Dice on top."""
+    widths = {**{column_key("metrics", m): w for m, w in RUNS_VIEW_METRICS.items()},
+              **{column_key("tags", t): w for t, w in RUNS_VIEW_TAGS.items()}}
+    return {"orderByKey": column_key("metrics", RUNS_VIEW_SORT), "orderByAsc": False, "searchFilter": "",
+            "selectedColumns": list(widths), "columnOrder": list(widths), "columnWidths": widths,
+            "runsHiddenMode": "SHOW_ALL"}
+
+
+def runs_view_tag(now_ms: int) -> dict[str, str]:
+    """The saved view as MLflow's UI stores one: an envelope (name, times) around the state as JSON text."""
+    envelope = {"name": RUNS_VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms,
+                "state": json.dumps(runs_view_state())}
+    return {SAVED_VIEW_TAG_PREFIX + RUNS_VIEW_KEY: json.dumps(envelope)}
+
+
+def runs_view_link(ui_url: str, experiment_id: str) -> str:
+    """The link that opens the experiment's runs in the saved view (sorted by test per-patient Dice).
+    `workflowType=machine_learning`: the UI's "Model training" side bar, whatever the browser's GenAI |
+    Model training switch says (GenAI in a fresh browser, with GenAI pages and pop-overs)."""
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?viewStateShareKey={RUNS_VIEW_KEY}&workflowType=machine_learning")
 
 
 class TrackingError(RuntimeError):
@@ -182,10 +226,26 @@ class MlflowStore:
             tags: Mapping[str, str] = {}
         else:
             experiment_id, tags = experiment.experiment_id, experiment.tags
-        for key, value in EXPERIMENT_TAGS.items():
-            if key not in tags:  # also marks experiments made before these tags existed
-                self.client.set_experiment_tag(experiment_id, key, value)
+        self._mark_experiment(experiment_id, tags)
         return experiment_id
+
+    def _mark_experiment(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        """Kind, note and saved view, where missing: also marks experiments made before these tags existed,
+        and leaves a view the user changed in the UI as it is."""
+        for key, value in {**EXPERIMENT_TAGS, **runs_view_tag(int(time.time() * 1000))}.items():
+            if key not in tags:
+                self.client.set_experiment_tag(experiment_id, key, value)
+
+    def ui_links(self, ui_url: str) -> dict[str, str]:
+        """Experiment name -> the link into `ui_url` (an MLflow UI on this store) that opens its runs sorted by
+        test per-patient Dice, for each experiment lggseg made (its note), last updated first; each is marked
+        first (kind, saved view), so stores made by older lggseg versions get the view too."""
+        with self.guard("read"):
+            experiments = self.client.search_experiments(
+                filter_string="tags.`mlflow.note.content` LIKE 'lggseg:%'", order_by=["last_update_time DESC"])
+            for experiment in experiments:
+                self._mark_experiment(experiment.experiment_id, experiment.tags)
+        return {e.name: runs_view_link(ui_url, e.experiment_id) for e in experiments}
 
     def _check_server(self, timeout: float = 5.0) -> None:
         """One quick request instead of MLflow's retries with back-off (minutes) on a dead server."""

@@ -16,12 +16,13 @@ from lggseg.core.atomic import write_csv, write_json
 from lggseg.core.config import Config, TrainConfig
 from lggseg.core.paths import Paths
 from lggseg.data.preprocess import processed_manifest
+from lggseg.data.provenance import training_data
 from lggseg.model import distributed
 from lggseg.model.checkpoint import save_checkpoint
 from lggseg.model.devices import Runtime, resolve_device, resolve_runtime, seed_everything
 from lggseg.model.distributed import Group
 from lggseg.model.networks import ModelSpec, create_model
-from lggseg.tracking.runs import Tracker
+from lggseg.tracking.runs import Tracker, epoch_metrics
 from lggseg.training.divergence import check_finite_epoch, check_running_loss
 from lggseg.training.recipe import build_loss, build_optimizer, build_scheduler, make_loaders
 from lggseg.training.resume import load_resumable, restore, resume_state, run_settings
@@ -63,6 +64,7 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
                      in_channels=int(manifest["in_channels"]))
     # travels with the weights, so `lggseg predict` prepares new scans as this model was trained
     preprocess = {"size": int(manifest["size"]), "channels": str(manifest["channels"])}
+    trained_on = training_data(manifest)  # so does what it was trained on: predict and the registry show it
     model_dir = paths.model_dir(arch)
     main = group.is_main
     if main:
@@ -95,10 +97,10 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
         _clear_previous_summary(model_dir)
         start_run(tracker, cfg, arch, model_dir, state,
                   run_params(cfg, arch, len(train_loader.dataset), len(val_loader.dataset)),
-                  run_tags(cfg, arch, paths.root, runtime, group, manifest["fingerprint"]))
+                  run_tags(cfg, arch, paths.root, runtime, group, trained_on))
         write_json(model_dir / "model.json", spec.to_dict())
         if state.history:  # a resumed run: what a kill left unlogged after last.pt was written
-            log_missing_epochs(tracker, state)
+            log_missing_epochs(tracker, state, lr_scheduled=tcfg.scheduler != "none")
             write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
 
     with run_outcome(arch, state, tracker, last_path):
@@ -110,31 +112,32 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
             state.history.append(row)
             improved = state.record(epoch, row["val_dice_patient"])  # the same on every rank: val is gathered
             if improved and main:
-                save_checkpoint(best_path, model, spec, preprocess=preprocess, epoch=epoch,
+                save_checkpoint(best_path, model, spec, preprocess=preprocess, trained_on=trained_on, epoch=epoch,
                                 val_dice_patient=row["val_dice_patient"])
             if scheduler is not None and batch_scheduler is None:
                 scheduler.step(row["val_dice_patient"]) if tcfg.scheduler == "plateau" else scheduler.step()
             state.epoch = epoch
             if main:
-                save_checkpoint(last_path, model, spec, preprocess=preprocess, state=state.__dict__, settings=settings,
+                save_checkpoint(last_path, model, spec, preprocess=preprocess, trained_on=trained_on,
+                                state=state.__dict__, settings=settings,
                                 **resume_state(optimizer, scheduler, generator, transform))
                 write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
                 print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
                 # logged after last.pt holds the epoch: a kill in between (or a tracking store that stops
                 # answering) is caught up on resume, so each epoch reaches MLflow exactly once
-                tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                tracker.log_metrics(state.run_id, epoch_metrics(row, lr_scheduled=tcfg.scheduler != "none"), step=epoch)
             if state.should_stop(tcfg.early_stopping_patience):
                 if main:
                     print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
                           f"{tcfg.early_stopping_patience})", flush=True)
                 break
         if main:
-            tracker.log_metrics(state.run_id, {"best_val_dice_patient": state.best_dice, "best_epoch": state.best_epoch})
+            tracker.log_metrics(state.run_id, {"val/best_dice_patient": state.best_dice, "val/best_epoch": state.best_epoch})
 
     summary = {
         "architecture": arch, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "val_dice_patient": state.best_dice, "val_dice_slice": state.history[state.best_epoch - 1]["val_dice_slice"],
-        "device": runtime.name, "run_id": state.run_id, "data_fingerprint": manifest["fingerprint"],
+        "device": runtime.name, "run_id": state.run_id, "data_fingerprint": manifest["fingerprint"], "trained_on": trained_on,
         "processes": group.world_size, **{k: v for k, v in runtime.describe().items() if k != "device"},
     }
     if main:

@@ -15,8 +15,10 @@ from lggseg.core.stop_signals import StopRequested, signal_name, stop_signal_of
 from lggseg.model.devices import Runtime
 from lggseg.model.distributed import Group
 from lggseg.tracking.runs import (
+    VAL_DICE_PATIENT,
     Tracker,
     environment_tags,
+    epoch_metrics,
     git_state,
     params_changed_tag,
     run_name,
@@ -35,10 +37,12 @@ class TrainingInterrupted(StopRequested):
     """Ctrl-C, SIGTERM or SIGHUP during training; the message says where it stopped and how to resume."""
 
 
-def run_tags(cfg: Config, arch: str, root: Path, runtime: Runtime, group: Group, fingerprint: str) -> dict:
+def run_tags(cfg: Config, arch: str, root: Path, runtime: Runtime, group: Group, trained_on: dict) -> dict:
+    """`data_source` as the download stage resolved it (`data.source: auto` is `kaggle` or `local` here)."""
     return {
         **git_state(root), **environment_tags(), **params_changed_tag(cfg, root), "architecture": arch,
-        "data_fingerprint": fingerprint, "device": runtime.name, "data_source": cfg.data.source, "stage": "train",
+        "data_fingerprint": trained_on["data_fingerprint"], "device": runtime.name,
+        "data_source": trained_on["data_source"], "stage": "train",
         "processes": str(group.world_size), **{f"runtime.{k}": v for k, v in runtime.describe().items() if k != "device"},
     }
 
@@ -57,12 +61,12 @@ def start_run(tracker: Tracker, cfg: Config, arch: str, model_dir: Path, state: 
     save_run_pointer(model_dir / "mlflow_run.json", state.run_id, tracker.uri, cfg.mlflow.experiment)
 
 
-def log_missing_epochs(tracker: Tracker, state: TrainingState) -> None:
+def log_missing_epochs(tracker: Tracker, state: TrainingState, lr_scheduled: bool) -> None:
     """A resumed run: log the epochs of `state.history` that a kill left unlogged after last.pt was written."""
-    logged = {m.step for m in tracker.client.get_metric_history(state.run_id, "val_dice_patient")}
+    logged = {m.step for m in tracker.client.get_metric_history(state.run_id, VAL_DICE_PATIENT)}
     for row in state.history:
         if row["epoch"] not in logged:
-            tracker.log_metrics(state.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            tracker.log_metrics(state.run_id, epoch_metrics(row, lr_scheduled), step=row["epoch"])
 
 
 @contextlib.contextmanager
