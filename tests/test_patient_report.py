@@ -34,7 +34,7 @@ from servers import BROWSER_ARGS, chromium_executable, skip_or_fail
 SIZE = 64
 PRED_SLICES = (1, 2)  # positions with a predicted disc
 TRUTH_SLICES = (2, 3)  # positions with a true disc: position 3 is a miss, position 1 a false positive
-TILE = re.compile(r'<figure class="tile">')
+TILE = re.compile(r'<figure class="tile"')
 EXTERNAL = {
     "http": re.compile(r"https?:", re.IGNORECASE),
     "protocol-relative": re.compile(r"""(?:src|href)\s*=\s*["']?//""", re.IGNORECASE),
@@ -67,6 +67,11 @@ def slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2 * int((pred & truth).sum()) / total
 
 
+TRAINED_ON = {"data_source": "kaggle", "patients": {"train": 78, "val": 16, "test": 16},
+              "slices": {"train": 2735, "val": 568}, "data_fingerprint": "1a2b3c4d5e6f7a8b9c0d", "input_size": 256,
+              "channels": "all"}  # report["model"]["trained_on"] as predict writes it
+
+
 def make_report(pred: np.ndarray, truth: np.ndarray | None, case: str = "TCGA_CS_4941_19960909") -> dict:
     """A report dict shaped like `lggseg predict`'s report.json, numbers consistent with the masks."""
     n = pred.shape[0]
@@ -79,7 +84,7 @@ def make_report(pred: np.ndarray, truth: np.ndarray | None, case: str = "TCGA_CS
         "lggseg_version": "0.1.0", "case": case, "created": "2026-11-25T20:30:00+00:00",
         "model": {"uri": "models:/lgg-segmentation@champion", "registered_model": "lgg-segmentation", "version": "3",
                   "architecture": "unet", "encoder": "resnet34", "size": 256, "channels": "all", "threshold": 0.5,
-                  "largest_component": True, "run_id": "abc123"},
+                  "largest_component": True, "run_id": "abc123", "trained_on": TRAINED_ON},
         "runtime": {"device": "cpu", "precision": "bf16", "seconds": 1.7},
         "input": {"path": f"/data/kaggle_3m/{case}", "slices": n, "image_size": [SIZE, SIZE], "grayscale": False,
                   "spacing_mm": None},
@@ -91,6 +96,7 @@ def make_report(pred: np.ndarray, truth: np.ndarray | None, case: str = "TCGA_CS
                     "dice_note": None},
         "slices": slices,
         "notes": ["grayscale input read as FLAIR"],
+        "warnings": [],
         "disclaimer": DISCLAIMER,
     }
 
@@ -154,7 +160,7 @@ def test_one_tile_per_slice_with_predicted_or_true_tumour(with_truth):
     assert document.count('class="flag miss"') == 1  # truth only: the model missed it
     assert document.count('class="flag extra"') == 1  # prediction only
     assert "ground truth (given masks)" in document
-    assert "Dice vs ground truth" in document and "0.500" in document
+    assert "Volume Dice (3-D) vs truth" in document and "0.500" in document
 
 
 def test_tiles_draw_both_outlines_in_their_colours(with_truth):
@@ -249,13 +255,13 @@ def test_every_string_from_the_scan_is_escaped(with_truth):
     document = report_html(report, flair, pred, truth)
     assert "<evil" not in document
     assert document.count("&lt;evil x=&#34;1&#34;&gt;") > 30
-    index = index_html(summary_frame().assign(case=evil, report="x/report.html"), title=evil)
+    index = index_html(summary_frame().assign(case=evil, report="x/report.html"), MODEL, [], title=evil)
     assert "<evil" not in index and index.count("&lt;evil") == 5  # title twice, three rows
 
 
 def test_pages_inline_report_css_and_reference_nothing_outside(with_truth):
     css = TEMPLATES.loader.get_source(TEMPLATES, "report.css")[0]
-    for document in (report_html(*with_truth), index_html(summary_frame())):
+    for document in (report_html(*with_truth), index_html(summary_frame(), MODEL, [])):
         assert css in document and f"--pred: {PRED_COLOR}; --truth: {TRUTH_COLOR};" in document
         assert external_references(document) == {}
         assert "<script" not in document.lower()
@@ -263,10 +269,14 @@ def test_pages_inline_report_css_and_reference_nothing_outside(with_truth):
 
 def test_a_template_value_that_is_not_given_fails_loudly():
     with pytest.raises(jinja2.UndefinedError, match="rows"):
-        TEMPLATES.get_template("index.html.j2").render(title="t", disclaimer="d", scored=0, mean_dice=None)
+        TEMPLATES.get_template("index.html.j2").render(title="t", disclaimer="d", scored=0, mean_dice=None,
+                                                       model=MODEL, warnings=[], synthetic=0)
 
 
 # -------------------------------------------------------------------------------------------- index.html
+
+
+MODEL = make_report(volume(PRED_SLICES), None)["model"]
 
 
 def summary_frame() -> pd.DataFrame:
@@ -282,7 +292,7 @@ def summary_frame() -> pd.DataFrame:
 
 
 def test_index_links_every_case_to_its_report():
-    document = index_html(summary_frame())
+    document = index_html(summary_frame(), MODEL, [])
     links = re.findall(r'<a href="([^"]+)">([^<]*)</a>', document)
     assert links == [("TCGA_A/report.html", "TCGA_A"), ("TCGA_B/report.html", "TCGA_B"),
                      ("a%3Cb%3E%26%22c/report.html", "a&lt;b&gt;&amp;&#34;c")]  # sorted by case
@@ -295,21 +305,21 @@ def test_index_rejects_absolute_links_and_missing_columns():
     summary = summary_frame()
     summary.loc[0, "report"] = "https://example.org/report.html"
     with pytest.raises(ValueError, match="relative"):
-        index_html(summary)
+        index_html(summary, MODEL, [])
     with pytest.raises(KeyError, match="dice"):
-        index_html(summary_frame().drop(columns="dice"))
+        index_html(summary_frame().drop(columns="dice"), MODEL, [])
 
 
 def test_index_link_with_a_colon_stays_a_relative_path():
     summary = summary_frame().assign(case="x:y", report="http:y/report.html")
-    document = index_html(summary.head(1))
+    document = index_html(summary.head(1), MODEL, [])
     assert '<a href="http%3Ay/report.html">' in document and external_references(document) == {}
 
 
 def test_index_without_any_dice():
     summary = summary_frame().assign(dice=np.nan)
-    assert "Mean Dice: n/a" in index_html(summary, title="run <1>")
-    assert "<title>run &lt;1&gt;</title>" in index_html(summary, title="run <1>")
+    assert "Mean Dice: n/a" in index_html(summary, MODEL, [], title="run <1>")
+    assert "<title>run &lt;1&gt;</title>" in index_html(summary, MODEL, [], title="run <1>")
 
 
 # ----------------------------------------------------------------------------------------------- browser
@@ -338,6 +348,13 @@ def test_report_opens_offline_in_chromium(with_truth, tmp_path):
             images = page.evaluate("Array.from(document.images, i => [i.complete, i.naturalWidth])")
             disclaimer_visible = page.get_by_text("Research tool, not a diagnostic device:").is_visible()
             page.screenshot(path=artifacts / "patient-report.png", full_page=True)
+            tile = page.locator("figure.tile").first
+            width_in_grid = tile.bounding_box()["width"]
+            tile.locator("a.zoom").click()  # opens the tile at full size, no script
+            width_open = tile.bounding_box()["width"]
+            close_visible = tile.locator("a.unzoom").is_visible()
+            tile.locator("a.unzoom").click()
+            width_closed = tile.bounding_box()["width"]
         finally:
             browser.close()
     print(f"screenshot: {artifacts / 'patient-report.png'}")
@@ -346,3 +363,128 @@ def test_report_opens_offline_in_chromium(with_truth, tmp_path):
     assert len(images) == len(set(PRED_SLICES) | set(TRUTH_SLICES)) + 1  # the tiles and the area chart
     assert all(complete and width > 0 for complete, width in images), images
     assert disclaimer_visible
+    assert width_in_grid < 400 and width_open > 2 * width_in_grid and close_visible
+    assert width_closed == width_in_grid
+
+
+# ------------------------------------------------------------------------------ what the page explains
+
+
+def page_body(document: str) -> str:
+    """The page without its inlined CSS (whose selectors name every class)."""
+    return document.split("</style>", 1)[1]
+
+
+def caption_texts(document: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", caption) for caption in re.findall(r"<figcaption>(.*?)</figcaption>", document, re.S)]
+
+
+def test_outlines_leave_a_small_lesion_visible():
+    """A 3 x 3 pixel lesion found exactly: both outlines are drawn, around it, and none of its own pixels is painted."""
+    lesion = np.zeros((SIZE, SIZE), bool)
+    lesion[30:33, 40:43] = True
+    image = flair_volume(1)[0]
+    tile = overlay_tile(image, lesion, lesion)
+    grey = overlay_tile(image, np.zeros_like(lesion), None)
+    inside = cv2.resize(lesion.astype(np.float32), tile.shape[1::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
+    assert inside.sum() > 50  # 3 px at 4x
+    assert np.array_equal(tile[inside], grey[inside])  # the lesion as the scan shows it
+    as_bgr = tile[..., ::-1]
+    assert color_pixels(as_bgr, PRED_COLOR) > 0 and color_pixels(as_bgr, TRUTH_COLOR) > 0
+
+
+def test_a_tile_opens_at_full_size(with_truth):
+    document = report_html(*with_truth)
+    ids = re.findall(r'<figure class="tile" id="(tile-\d+)"><a class="zoom" href="#(tile-\d+)"', document)
+    assert len(ids) == len(TILE.findall(document)) and all(own == target for own, target in ids)
+    assert len({own for own, _ in ids}) == len(ids)
+    assert "figure.tile:target" in document and "--zoom: 768px" in document
+
+
+def test_peak_output_is_named_and_said_not_to_be_a_probability(with_truth):
+    document = report_html(*with_truth)
+    assert "prob." not in document and "Max tumour probability" not in document
+    assert "Peak network output" in document and "<th>peak output</th>" in document
+    assert "highest per-pixel sigmoid output" in document and "not a calibrated probability" in document
+    assert not any("0.900" in caption for caption in caption_texts(document))  # no bare number on the tiles
+
+
+def test_empty_slices_are_marked_not_scored_one(with_truth):
+    report, flair, pred, truth = with_truth
+    document = report_html(report, flair, pred, truth)
+    empty = [i for i in range(6) if not pred[i].any() and not truth[i].any()]
+    assert len(empty) == 3 and all(report["slices"][i]["dice"] == 1.0 for i in empty)
+    rows = re.findall(r"<tr[^>]*><td>(\d+)</td>.*?</tr>", document, re.S)
+    cells = {int(n): row for n, row in zip(rows, re.findall(r"<tr[^>]*><td>\d+</td>.*?</tr>", document, re.S))}
+    for i in range(6):
+        assert ('class="empty"' in cells[i + 1]) == (i in empty), cells[i + 1]
+    assert "1.000" not in "".join(cells[i + 1] for i in empty)
+    assert "empty slice (no tumour in truth or" in document  # the legend says what the mark means
+
+
+def test_empty_tiles_say_so_in_their_caption():
+    nothing = np.zeros((6, SIZE, SIZE), np.uint8)
+    document = report_html(make_report(nothing, nothing), flair_volume(), nothing, nothing)
+    captions = caption_texts(document)
+    assert len(captions) == 3 and all("Dice &ndash; (empty)" in caption for caption in captions)
+    assert "empty: no tumour in truth or prediction on any slice" in document  # the volume Dice card
+
+
+def test_volume_dice_says_it_pools_all_slices(with_truth):
+    document = report_html(*with_truth)
+    assert "Volume Dice (3-D) vs truth" in document and "all 6 slices pooled into one volume" in document
+    assert "<th>slice Dice</th>" in document
+
+
+def test_a_synthetic_case_says_so_in_its_header():
+    pred = volume(PRED_SLICES)
+    synthetic = report_html(make_report(pred, None, case="SYNTH_CS_0A1B_20000101"), flair_volume(), pred, None)
+    header = re.search(r"<header>.*?</header>", synthetic, re.S).group(0)
+    assert "Synthetic case: generated by lggseg synth" in header
+    assert "<title>lggseg report: SYNTH_CS_0A1B_20000101 (synthetic case)</title>" in synthetic
+    recorded = make_report(pred, None, case="case-7")
+    recorded["input"]["data_source"] = "synthetic"  # a renamed synthetic scan, recorded as such
+    assert "Synthetic case" in report_html(recorded, flair_volume(), pred, None)
+    real = report_html(make_report(pred, None), flair_volume(), pred, None)
+    assert "Synthetic case" not in real and "(synthetic case)" not in real
+
+
+def test_model_section_says_what_the_model_was_trained_on(with_truth):
+    report, flair, pred, truth = with_truth
+    section = re.search(r'<section aria-label="model">.*?</section>', report_html(*with_truth), re.S).group(0)
+    for text in ("lgg-segmentation version 3", "unet / resnet34 encoder", "kaggle", "78 train / 16 val / 16 test",
+                 "2,735 train / 568 val", "256 px, channels: all", "<code>1a2b3c4d5e6f</code>"):
+        assert text in section, text
+    assert "1a2b3c4d5e6f7" not in section and "never saw a real MRI" not in section
+    synthetic = {**report, "model": {**report["model"], "trained_on": {**TRAINED_ON, "data_source": "synthetic",
+                                                                       "patients": {"train": 17, "val": 3, "test": None}}}}
+    document = report_html(synthetic, flair, pred, truth)
+    assert "the model never saw a real MRI" in document and "17 train / 3 val / n/a test" in document
+    older = {**report, "model": {**report["model"], "trained_on": None}}
+    assert "not recorded (a model from an older lggseg" in report_html(older, flair, pred, truth)
+    local = {**report, "model": {**report["model"], "registered_model": None, "version": None, "uri": "models/unet"}}
+    assert "local checkpoint <code>models/unet</code>" in report_html(local, flair, pred, truth)
+
+
+def test_warnings_come_first_in_a_box(with_truth):
+    report, flair, pred, truth = with_truth
+    assert 'class="warnings"' not in page_body(report_html(*with_truth))
+    warned = {**report, "warnings": ["trained on <SYNTHETIC> data only", "second"]}
+    document = report_html(warned, flair, pred, truth)
+    box = re.search(r'<section class="warnings" role="alert"[^>]*>(.*?)</section>', document, re.S)
+    assert box and document.index(box.group(0)) < document.index("<header>")
+    assert re.findall(r"<li>(.*?)</li>", box.group(1)) == ["trained on &lt;SYNTHETIC&gt; data only", "second"]
+
+
+def test_index_shows_the_model_the_warnings_and_synthetic_cases():
+    summary = summary_frame().assign(case=["SYNTH_CS_0A1B_20000101", "SYNTH_DU_0B2C_20000101", "TCGA_A"])
+    plain = page_body(index_html(summary_frame(), MODEL, []))
+    assert 'class="warnings"' not in plain and "synthetic" not in plain
+    document = index_html(summary, MODEL, ["trained on synthetic data only"])
+    assert document.index('<section class="warnings"') < document.index("<header>")
+    assert "trained on synthetic data only" in document
+    model = re.search(r'<section aria-label="model">.*?</section>', document, re.S).group(0)
+    assert "lgg-segmentation version 3" in model and "78 train / 16 val / 16 test" in model
+    assert document.count('<span class="flag synthetic">synthetic</span>') == 2
+    assert "2 of 3 cases synthetic" in document
+    assert "<th class=\"num\" scope=\"col\">peak output</th>" in document and "not a calibrated probability" in document

@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
+from lggseg.data.layout import is_synthetic_case
+from lggseg.data.provenance import SYNTHETIC
 from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR, new_figure, render_png
 
 DISCLAIMER = (
@@ -39,8 +41,12 @@ DISCLAIMER = (
 TILE_PX = 256  # long side of a montage tile: Kaggle LGG slices are 256 x 256, smaller inputs are upscaled
 MAX_TILES = 40  # beyond this the page gets heavy; the omitted slices are still in the table
 MIDDLE_SLICES = 3  # shown when no slice has tumour, so the reader still sees what the model saw
-TRUTH_THICKNESS = 5  # drawn first and wider, so a perfect prediction on top still leaves a green rim each side
-PRED_THICKNESS = 2
+# Outlines are drawn outside their mask only, so a lesion's own pixels stay visible however small it is; the
+# truth's is wider and drawn first, so a perfect prediction's outline on top still leaves a green rim outside.
+TRUTH_OUTLINE_PX = 3
+PRED_OUTLINE_PX = 1
+ZOOM_PX = 768  # a tile opened at full size (a click on it) is shown up to this wide: 3x a 256-px slice
+FINGERPRINT_CHARS = 12  # as `lggseg.data.provenance.describe_training_data` prints it
 CHART_INCHES = (9.6, 2.8)  # the page is about 1,100 px wide; at the figures' DPI the chart fills it unscaled
 CHART_INK, CHART_AXIS, CHART_GRID = "#5b636e", "#9aa3ad", "#e7eaee"  # report.css's muted text and rules
 CHART_MAX_LABELS = 24  # slice numbers on the x axis; beyond this every k-th is labelled
@@ -111,6 +117,27 @@ def _image_size(value: Any) -> str:
     return str(value)
 
 
+def _is_empty_slice(entry: Any) -> bool:
+    """A slice (or a patient) with no tumour in the truth and none predicted: its Dice is 0/0, which the metric
+    code scores 1.0; the pages mark it instead of showing a perfect score nobody earned."""
+    if not isinstance(entry, dict):
+        return False
+    predicted = entry.get("predicted_pixels", entry.get("volume_voxels"))
+    true = entry.get("true_pixels", entry.get("true_tumor_positive_slices"))
+    return not _is_missing(predicted) and not _is_missing(true) and predicted == 0 and true == 0
+
+
+def is_synthetic_report(report: dict) -> bool:
+    """A case of `lggseg synth` (named `SYNTH_...`, or recorded as synthetic input): not a patient."""
+    source = (report.get("input") or {}).get("data_source")
+    return is_synthetic_case(_text(report.get("case"))) or source == SYNTHETIC
+
+
+def _fingerprint(value: Any) -> str:
+    """The data fingerprint's first characters: enough to tell two data sets apart at a glance."""
+    return NA if _is_missing(value) else str(value)[:FINGERPRINT_CHARS]
+
+
 def _environment() -> jinja2.Environment:
     """The templates of both pages, with the formatting filters and the overlay colours."""
     environment = jinja2.Environment(
@@ -122,9 +149,10 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     environment.filters.update(text=_text, count=_count, decimal=_decimal, whole=_whole, seconds=_seconds,
-                               on_off=_on_off, volume_mm3=_volume_mm3, spacing=_spacing, image_size=_image_size)
-    environment.tests["missing"] = _is_missing
-    environment.globals.update(NA=NA, pred_color=PRED_COLOR, truth_color=TRUTH_COLOR)
+                               on_off=_on_off, volume_mm3=_volume_mm3, spacing=_spacing, image_size=_image_size,
+                               fingerprint=_fingerprint)
+    environment.tests.update(missing=_is_missing, empty_slice=_is_empty_slice)
+    environment.globals.update(NA=NA, pred_color=PRED_COLOR, truth_color=TRUTH_COLOR, zoom_px=ZOOM_PX)
     return environment
 
 
@@ -190,13 +218,18 @@ def _tile_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _draw_outline(rgb: np.ndarray, mask: np.ndarray, color: str, thickness: int) -> None:
-    """Draw the outline of `mask`, resampled to the tile, onto `rgb` in place."""
+def _draw_outline(rgb: np.ndarray, mask: np.ndarray, color: str, width: int) -> None:
+    """Draw a `width`-pixel outline of `mask`, resampled to the tile, onto `rgb` in place, outside the mask:
+    an outline centred on the edge would paint over a lesion a few pixels across."""
     size = (rgb.shape[1], rgb.shape[0])
     # Linear resampling then a 0.5 threshold: smooth outlines instead of the input's pixel staircase.
     smooth = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
     contours, _ = cv2.findContours(smooth.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(rgb, contours, -1, _rgb(color), thickness, lineType=cv2.LINE_AA)
+    ink = np.zeros(smooth.shape, np.uint8)  # coverage 0..255: anti-aliased, then cut away inside the mask
+    cv2.drawContours(ink, contours, -1, 255, 2 * width + 1, lineType=cv2.LINE_AA)
+    ink[smooth] = 0
+    alpha = ink[..., None].astype(np.float32) / 255
+    rgb[:] = np.rint(rgb * (1 - alpha) + np.array(_rgb(color), np.float32) * alpha).astype(np.uint8)
 
 
 def overlay_tile(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, long_side: int = TILE_PX) -> np.ndarray:
@@ -207,9 +240,9 @@ def overlay_tile(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, 
     grey = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
     rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
     if truth is not None and truth.any():
-        _draw_outline(rgb, truth, TRUTH_COLOR, TRUTH_THICKNESS)
+        _draw_outline(rgb, truth, TRUTH_COLOR, TRUTH_OUTLINE_PX)
     if pred.any():
-        _draw_outline(rgb, pred, PRED_COLOR, PRED_THICKNESS)
+        _draw_outline(rgb, pred, PRED_COLOR, PRED_OUTLINE_PX)
     return rgb
 
 
@@ -311,6 +344,11 @@ def _notes(report: dict) -> list[Any]:
     return notes
 
 
+def _warnings(warnings: Any) -> list[Any]:
+    """The warnings to show first on a page (none when the report has none: older reports)."""
+    return [warning for warning in warnings or [] if not _is_missing(warning)]
+
+
 def report_html(report: dict, flair: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> str:
     """The self-contained report.html of one patient.
 
@@ -324,10 +362,11 @@ def report_html(report: dict, flair: np.ndarray, pred: np.ndarray, truth: np.nda
         positions = middle_positions(flair.shape[0])
     tiles = [_tile(report["slices"][i], flair[i], pred[i], None if truth is None else truth[i]) for i in positions]
     return TEMPLATES.get_template("report.html.j2").render(
-        title=f"lggseg report: {report.get('case')}",
+        title=f"lggseg report: {report.get('case')}" + (" (synthetic case)" if is_synthetic_report(report) else ""),
         disclaimer=report.get("disclaimer") or DISCLAIMER,
         report=report, patient=report.get("patient") or {}, model=report.get("model") or {},
         source=report.get("input") or {}, runtime=report.get("runtime") or {}, notes=_notes(report),
+        warnings=_warnings(report.get("warnings")), synthetic=is_synthetic_report(report),
         n_slices=flair.shape[0], has_truth=truth is not None,
         tiles=tiles, no_prediction=not pred.any(), orientation=orientation, omitted=omitted, max_tiles=MAX_TILES,
         chart_uri=_area_chart_uri(report["slices"], truth is not None),
@@ -343,15 +382,20 @@ def _relative_link(link: Any, case: Any) -> str:
     return urllib.parse.quote(text, safe="/")
 
 
-def index_html(summary: pd.DataFrame, title: str = "lggseg predictions") -> str:
-    """The self-contained index.html: one row per patient, linking to its report.html, and the mean Dice."""
+def index_html(summary: pd.DataFrame, model: dict, warnings: Sequence[str], title: str = "lggseg predictions") -> str:
+    """The self-contained index.html: the warnings, the model and what it was trained on, one row per patient
+    linking to its report.html, and the mean volume Dice.
+
+    model is report.json's "model" (the same for every patient), warnings its "warnings"."""
     missing = [column for column in SUMMARY_COLUMNS if column not in summary.columns]
     if missing:
         raise KeyError(f"summary is missing column(s) {missing}; it has {list(summary.columns)}")
     ordered = summary.sort_values("case", kind="stable", key=lambda cases: cases.astype(str))
-    rows = [{**row, "href": _relative_link(row["report"], row["case"])} for row in ordered.to_dict("records")]
+    rows = [{**row, "href": _relative_link(row["report"], row["case"]), "synthetic": is_synthetic_case(_text(row["case"]))}
+            for row in ordered.to_dict("records")]
     scored = pd.to_numeric(ordered["dice"], errors="coerce").dropna()
     return TEMPLATES.get_template("index.html.j2").render(
-        title=title, disclaimer=DISCLAIMER, rows=rows,
-        scored=len(scored), mean_dice=scored.mean() if len(scored) else None,
+        title=title, disclaimer=DISCLAIMER, rows=rows, model=model or {}, warnings=_warnings(warnings),
+        synthetic=sum(row["synthetic"] for row in rows), scored=len(scored),
+        mean_dice=scored.mean() if len(scored) else None,
     )
