@@ -4,6 +4,7 @@ from cdn.jsdelivr.net (built by scripts/build_plots_template.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -79,3 +80,45 @@ def test_plots_show_writes_a_self_contained_page(tmp_path):
     assert not re.search(r"""src\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE)
     assert "cdn.jsdelivr" not in page
     assert not re.search(r"\{(plot_divs|scripts|refresh_tag)\}", page)
+
+
+def _layers(spec: dict) -> list[dict]:
+    return [spec, *(layer for child in spec.get("layer", []) for layer in _layers(child))]
+
+
+def test_plots_name_their_architecture_and_roc_stays_off_the_frame(tmp_path):
+    """The repository's dvc.yaml rendered by `dvc plots show` for two architectures: each plot's title names its
+    architecture (`dvc plots diff` shows one plot per architecture, the legend only names revisions), and the ROC
+    template (.dvc/plots/roc.json) pads its axes, draws the chance line and prints the AUC."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _run(["git", "init", "-q"], repo)
+    _run([DVC, "init", "-q"], repo)
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    (repo / ".dvc" / "plots").mkdir()
+    shutil.copy(REPO / ".dvc" / "plots" / "roc.json", repo / ".dvc" / "plots" / "roc.json")
+    (repo / "params.yaml").write_text("model:\n  architectures: [unet, fpn]\n")
+    for arch in ("unet", "fpn"):
+        folder = repo / "reports" / "arch" / arch
+        folder.mkdir(parents=True)
+        (folder / "train_history.csv").write_text("epoch,val_dice_patient\n1,0.41\n2,0.58\n")
+        (folder / "per_patient.csv").write_text("patient_id,dice\nTCGA_A,0.81\nTCGA_B,0.62\n")
+        (folder / "roc.csv").write_text("fpr,tpr,threshold\n0.0,0.0,1.0\n0.0,1.0,0.5\n1.0,1.0,0.0\n")  # perfect
+
+    plots = json.loads(_run([DVC, "plots", "show", "--json"], repo).stdout)["data"]
+
+    titles = {path: plots[path][0]["content"]["title"]["text"] for path in plots if path.endswith(".csv")}
+    assert len(titles) == 6 and len(set(titles.values())) == 6
+    for path, title in titles.items():
+        arch = path.split("/")[2]
+        assert title.startswith(f"{arch}: "), (path, title)
+    roc = plots["reports/arch/unet/roc.csv"][0]["content"]
+    layers = _layers(roc)
+    domains = [layer["encoding"][axis]["scale"]["domain"] for layer in layers if "encoding" in layer
+               for axis in ("x", "y") if "scale" in layer["encoding"].get(axis, {})]
+    assert domains and all(low < 0 and high > 1 for low, high in domains)
+    assert any(layer.get("data", {}).get("values") == [{"chance": 0}, {"chance": 1}] for layer in layers)
+    curve = next(layer for layer in layers if isinstance(layer.get("mark"), dict) and layer["mark"].get("point"))
+    assert curve["mark"]["type"] == "line"
+    auc = next(layer for layer in layers if isinstance(layer.get("mark"), dict) and layer["mark"]["type"] == "text")
+    assert "AUC = " in json.dumps(auc["transform"]) and "<DVC_METRIC" not in json.dumps(roc)

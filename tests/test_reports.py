@@ -14,8 +14,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
-from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR
+from lggseg.evaluation.figures.canvas import DPI, MAX_FIGURE_INCHES, PRED_COLOR, TRUTH_COLOR
 from lggseg.evaluation.figures.comparison import (
+    CI_LEGEND,
     COMPARISON_COLUMNS,
     COMPARISON_METRICS,
     METRIC_LABELS,
@@ -33,6 +34,7 @@ from lggseg.evaluation.figures.overlays import (
 )
 from lggseg.evaluation.figures.roc import plot_roc, roc_figure
 from lggseg.evaluation.figures.training_history import plot_training_history
+from lggseg.evaluation.intervals import paired_comparison
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLICE_SIZE = 64
@@ -136,6 +138,27 @@ def full_comparison_rows(*, with_quartiles: bool = False) -> list[dict]:
             row["dice_patient_q3"] = row["dice_patient_median"] + 0.008
         rows.append(row)
     return rows
+
+
+def with_intervals_rows(rows: list[dict], columns=("val_dice_patient", "dice_patient_mean", "dice_pooled")) -> list[dict]:
+    """``rows`` with an asymmetric 95% interval (`<key>_ci_low` / `_ci_high`) around each of ``columns``."""
+    for row in rows:
+        for column in columns:
+            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = row[column] - 0.04, row[column] + 0.015
+    return rows
+
+
+def markdown_tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table of ``markdown`` as rows of stripped cells (header first, the --- line dropped)."""
+    tables, current = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|:- "):
+                current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
 
 
 def history_frame(n_epochs: int = 8, *, with_lr: bool = True) -> pd.DataFrame:
@@ -245,6 +268,29 @@ def test_montage_grid_follows_columns(tmp_path):
     assert wide.shape[1] > wide.shape[0]  # 8 x 2 panels
     assert tall.shape[0] > 2 * tall.shape[1]  # 2 x 8 panels
     assert count_color(wide, TRUTH_COLOR) > 0 and count_color(wide, PRED_COLOR) > 0
+
+
+def test_every_figure_fits_a_1400_px_window(tmp_path):
+    """dvc plots' page shows image plots unscaled: none may be wider than MAX_FIGURE_INCHES at DPI (1200 px),
+    however many slices, patients or architectures it shows."""
+    assert MAX_FIGURE_INCHES * DPI <= 1200
+    flair, truth, pred, slice_numbers = make_patient(n_slices=40)
+    many_patients = pd.DataFrame({"patient_id": [f"P{index:03d}" for index in range(60)],
+                                  "dice": np.linspace(0.2, 0.95, 60)})
+    rows = full_comparison_rows()
+    rows += [{**rows[0], "architecture": name} for name in ("linknet", "deeplabv3plus", "manet")]
+    written = [
+        plot_patient_montage(flair, truth, pred, slice_numbers, title="m", out_path=tmp_path / "montage.png"),
+        plot_patient_overlays(flair, truth, pred, slice_numbers, title="o", out_path=tmp_path / "overlay.png"),
+        plot_dice_per_patient(many_patients, tmp_path / "dice.png"),
+        plot_training_history(history_frame(), tmp_path / "history.png", title="h"),
+        plot_roc(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]}), 0.5, tmp_path / "roc.png", title="r"),
+    ]
+    write_comparison(comparison_table(rows), tmp_path, champion="unet")
+    for path in [*written, tmp_path / "comparison.png"]:
+        assert read_png(path).shape[1] <= MAX_FIGURE_INCHES * DPI, path.name
+    montage = read_png(tmp_path / "montage.png")
+    assert montage.shape[0] > montage.shape[1]  # 40 slices: more rows (7 x 6), not a wider figure
 
 
 @pytest.mark.parametrize(
@@ -362,6 +408,15 @@ def test_roc_axes_are_padded_so_a_perfect_curve_stays_visible():
     assert ax.get_xticks().min() == 0 and ax.get_xticks().max() == 1  # ticks stay on the [0, 1] scale
 
 
+def test_roc_marks_its_points_and_states_the_auc():
+    perfect = pd.DataFrame({"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]})
+    ax = roc_figure(perfect, 1.0, title="perfect").axes[0]
+    curve, chance = ax.get_lines()
+    assert curve.get_marker() == "o" and curve.get_linewidth() >= 2.5  # the corner point is seen, not implied
+    assert list(chance.get_xdata()) == [0, 1] and list(chance.get_ydata()) == [0, 1]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["AUC = 1.000", "chance"]
+
+
 def test_roc_writes_png(tmp_path):
     fpr = np.linspace(0, 1, 30)
     roc = pd.DataFrame({"fpr": fpr, "tpr": np.sqrt(fpr)})
@@ -412,17 +467,19 @@ def test_write_comparison_markdown_csv_and_chart(tmp_path):
     for architecture in ("unet", "fpn", "linknet"):
         assert architecture in markdown
 
-    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    unet_row = next(line for line in table_lines if "unet" in line)
-    fpn_row = next(line for line in table_lines if "fpn" in line)
-    unet_cells = [cell.strip() for cell in unet_row.strip("|").split("|")]
-    # 0.8234 -> 82.3, 0.82 -> 82.0 (trailing zero kept), 0.8461 -> 84.6, AUC 3 decimals, counts untouched.
-    assert unet_cells == ["**unet** (champion)", "82.3", "82.0", "84.6", "90.0", "0.961", "30"]
-    assert "champion" not in fpn_row
-    assert "n/a" in fpn_row  # fpn has no detection_sensitivity
-    assert sum("champion" in line for line in table_lines) == 1
-    header = [cell.strip() for cell in table_lines[0].strip("|").split("|")]
-    assert header[0] == "architecture" and header[1] == "val_dice_patient (%)" and "detection_auc" in header
+    headline, *details = markdown_tables(markdown)
+    assert headline[0] == ["architecture", "test Dice per patient, mean (%) [95% CI]",
+                           "validation Dice per patient, mean (%) [95% CI]", "champion"]
+    # best validation Dice first; 0.82 -> 82.0 (trailing zero kept), 0.8234 -> 82.3; one champion mark
+    assert headline[1:] == [["**unet**", "82.0", "82.3", "yes (best validation Dice)"],
+                            ["fpn", "81.0", "80.1", ""], ["linknet", "69.0", "70.0", ""]]
+    unet = {header: row for table in details for header, row in zip(table[0], table[1], strict=True)}
+    fpn = {header: row for table in details for header, row in zip(table[0], table[2], strict=True)}
+    # the rest, keys as in comparison.csv: 0.8461 -> 84.6, AUC with 3 decimals, counts untouched
+    assert unet == {"architecture": "unet", "dice_pooled (%)": "84.6", "detection_sensitivity (%)": "90.0",
+                    "detection_auc": "0.961", "epochs": "30"}
+    assert fpn["detection_sensitivity (%)"] == "n/a"  # fpn has no detection_sensitivity
+    assert "Data: **not recorded**" in markdown  # no data source given
 
     assert "VALIDATION" in markdown and "never by test" in markdown
     assert "Buda et al. 2019" in markdown and "84 ± 2%" in markdown and "82-84%" in markdown
@@ -513,30 +570,101 @@ def test_comparison_chart_draws_one_bar_per_dice_score_with_readable_legend():
     assert ticks["unet\n(champion)"].get_fontweight() == "bold"
 
 
-def test_comparison_chart_shows_quartiles_as_error_bar_on_the_median():
-    table = comparison_table(full_comparison_rows(with_quartiles=True))
+def test_comparison_chart_error_bars_are_the_bootstrap_intervals_of_the_table():
+    """The whiskers are the `<key>_ci_low` / `_ci_high` intervals comparison.md reports (not the quartiles)."""
+    with_ci = ("val_dice_patient", "dice_patient_mean", "dice_pooled")
+    table = comparison_table(with_intervals_rows(full_comparison_rows(with_quartiles=True), with_ci))
+    table.loc[1, "dice_pooled_ci_low"] = np.nan  # an interval that could not be estimated: no whisker
     figure = comparison_chart_figure(table, None)
     ax = figure.axes[0]
-    (error_bars,) = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
-    assert error_bars.get_label() == "test Dice per patient (inter-quartile range, Q1-Q3)"
-    median_bars = next(c for c in ax.containers if c.get_label() == "test Dice per patient (median)")
-    segments = error_bars.lines[2][0].get_segments()
-    for segment, bar, q1, q3 in zip(
-        segments, median_bars, table["dice_patient_q1"], table["dice_patient_q3"], strict=True
-    ):
-        assert segment[:, 0] == pytest.approx([bar.get_x() + bar.get_width() / 2] * 2)
-        assert sorted(segment[:, 1]) == pytest.approx([q1, q3])
+    error_bars = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
+    bars = {container.get_label(): container for container in ax.containers if isinstance(container, BarContainer)}
+    assert len(error_bars) == len(with_ci)  # one set per metric with an interval; the median has none here
+    for container, column in zip(error_bars, with_ci, strict=True):
+        known = table[f"{column}_ci_low"].notna().to_numpy()
+        centres = [bar.get_x() + bar.get_width() / 2 for bar in bars[METRIC_LABELS[column]]]
+        segments = container.lines[2][0].get_segments()
+        assert len(segments) == known.sum()
+        for segment, centre, low, high in zip(segments, np.asarray(centres)[known],
+                                              table[f"{column}_ci_low"][known], table[f"{column}_ci_high"][known],
+                                              strict=True):
+            assert segment[:, 0] == pytest.approx([centre] * 2)
+            assert sorted(segment[:, 1]) == pytest.approx([low, high])
+    legend = _legend_texts(figure)
+    assert legend.count(CI_LEGEND) == 1 and legend[-1] == CI_LEGEND and "bootstrap" in CI_LEGEND
+    assert not any("quartile" in text for text in legend)
     assert not any("(champion)" in label.get_text() for label in ax.get_xticklabels())
 
 
+@pytest.mark.parametrize("source", ["synthetic", "kaggle"])
+def test_comparison_chart_and_page_name_the_data(tmp_path, source):
+    """On synthetic data the figure says so and leaves off the Buda et al. band (measured on real MRI)."""
+    table = comparison_table(with_intervals_rows(full_comparison_rows()))
+    data_sources = {"unet": source, "fpn": source}
+    figure = comparison_chart_figure(table, "unet", data_sources)
+    ax = figure.axes[0]
+    assert f"data: {source}" in figure.get_suptitle()
+    buda = [text for text in _legend_texts(figure) if text.startswith("Buda")]
+    markdown = write_comparison(table, tmp_path, champion="unet", data_sources=data_sources)["markdown"].read_text()
+    assert f"Data: **{source}**" in markdown
+    if source == "synthetic":
+        assert "SYNTHETIC" in ax.get_title() and "not MRI" in ax.get_title()
+        assert buda == [] and not any(str(patch.get_label()).startswith("Buda") for patch in ax.patches)
+        assert "not MRI" in markdown and "for real scans" in markdown
+    else:
+        assert ax.get_title() == "" and buda == ["Buda et al. 2019, U-Net on real MRI: test Dice per patient 82-84%"]
+        assert "not MRI" not in markdown
+    mixed = comparison_chart_figure(table, "unet", {"unet": "kaggle", "fpn": "synthetic"})
+    assert "unet: kaggle, fpn: synthetic" in mixed.get_suptitle() and "SYNTHETIC" in mixed.axes[0].get_title()
+
+
+def _series(values, name="TCGA"):
+    return pd.Series(values, index=[f"{name}_{index:02d}" for index in range(len(values))])
+
+
+def test_paired_verdict_never_contradicts_its_numbers(tmp_path):
+    """4 patients, unet ahead on every one: the bootstrap interval excludes 0, but the exact Wilcoxon test cannot
+    go below p = 2 / 2**4 = 0.125. The page must not call that "no difference" next to an interval above 0."""
+    fpn = np.array([0.90, 0.85, 0.93, 0.88])
+    paired = paired_comparison(_series(fpn + [0.03, 0.05, 0.04, 0.045]), _series(fpn), "unet", "fpn")
+    assert paired["ci_low"] > 0 and paired["wilcoxon_p"] == pytest.approx(0.125)
+    table = comparison_table(comparison_rows())
+    markdown = write_comparison(table, tmp_path, champion="unet", paired=[paired])["markdown"].read_text()
+    (sentence,) = [line for line in markdown.splitlines() if line.startswith("- ") and "Wilcoxon" in line]
+    assert "No significant difference" not in sentence and "is better" not in sentence
+    assert sentence.startswith("- **Not established** whether unet and fpn differ")
+    assert "the bootstrap interval excludes 0 but the Wilcoxon test does not reach p < 0.05" in sentence
+    assert "the smallest p this test can give is 0.125" in sentence
+    assert "a model is called better only when the interval excludes 0 and p < 0.05" in sentence
+    assert f"95% bootstrap CI [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]" in sentence
+
+
+def test_paired_verdicts_when_both_tests_agree():
+    rng = np.random.default_rng(3)
+    dice = rng.uniform(0.5, 0.95, 16)
+    clear = paired_comparison(_series(dice + 0.08 + rng.normal(0, 0.01, 16)), _series(dice), "unet", "fpn")
+    assert clear["verdict"].startswith("**unet is better** on these test patients: both tests agree")
+    noise = paired_comparison(_series(dice + rng.normal(0, 0.05, 16)), _series(dice), "unet", "fpn")
+    assert noise["ci_low"] < 0 < noise["ci_high"] and noise["wilcoxon_p"] >= 0.05
+    assert noise["verdict"].startswith("**No significant difference** between unet and fpn on these test patients: "
+                                       "the interval includes 0 and p >= 0.05")
+    assert "smallest p" not in noise["verdict"]  # 16 patients can reach p < 0.05: no floor to mention
+
+
 def test_comparison_markdown_explains_every_column_key(tmp_path):
-    table = comparison_table(full_comparison_rows())
+    table = comparison_table(with_intervals_rows(full_comparison_rows(with_quartiles=True)))
     markdown = write_comparison(table, tmp_path, champion="unet")["markdown"].read_text(encoding="utf-8")
-    header_line = next(line for line in markdown.splitlines() if line.startswith("|"))
-    header = [cell.strip() for cell in header_line.strip("|").split("|")]
-    assert header[0] == "architecture" and header[4] == "dice_patient_iqr (%)"  # keys as in comparison.csv
-    assert len(header) == len(table.columns)
-    for column in table.columns[1:]:
+    tables = markdown_tables(markdown)
+    headline, details = tables[0][0], [header for table in tables[1:] for header in table[0]]
+    assert headline == ["architecture", "test Dice per patient, mean (%) [95% CI]",
+                        "validation Dice per patient, mean (%) [95% CI]", "test patients", "champion"]
+    assert tables[0][1][1] == "95.0 [91.0, 96.5]"  # the interval in the cell, never as raw _ci_ columns
+    # every other metric in the detail tables under its comparison.csv key, none wider than 7 columns
+    shown = {"dice_patient_mean", "val_dice_patient", "n_patients"} | {h.removesuffix(" (%)") for h in details}
+    assert set(COMPARISON_METRICS) <= shown and "dice_patient_iqr (%)" in details
+    assert not any("_ci_" in header for header in details)
+    assert max(len(table[0]) for table in tables) <= 7
+    for column in COMPARISON_METRICS:
         assert f"- `{column}`: {METRIC_LABELS[column]}" in markdown
     assert "- `dice_patient_iqr`: test Dice per patient (inter-quartile range" in markdown
 

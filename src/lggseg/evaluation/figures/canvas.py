@@ -23,11 +23,14 @@ from lggseg.core.atomic import write_bytes
 TRUTH_COLOR = "#00e05a"  # green: ground truth (radiologist)
 PRED_COLOR = "#ff2bd6"  # magenta: model; green/magenta stays distinct for red-green colour blindness
 DPI = 120
+# 1200 px at DPI: dvc plots' page shows image plots unscaled, and a 1400 px browser window must hold them whole.
+MAX_FIGURE_INCHES = 10.0
 BUDA_2019_DICE_RANGE = (0.82, 0.84)  # mean per-patient Dice of U-Net in Buda et al. 2019
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """An empty constrained-layout figure on its own Agg canvas (no pyplot), size in inches."""
+    """An empty constrained-layout figure on its own Agg canvas (no pyplot), size in inches (the figures of
+    reports/ keep ``width`` <= MAX_FIGURE_INCHES)."""
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from lggseg.core.atomic import write_bytes
+from lggseg.data.provenance import NOT_RECORDED, SYNTHETIC
 from lggseg.evaluation.figures.canvas import (
     BUDA_2019_DICE_RANGE,
+    MAX_FIGURE_INCHES,
     categorical_colors,
     new_figure,
     render_png,
@@ -26,6 +28,22 @@ COMPARISON_METRICS = (  # the columns of reports/comparison.{md,csv}, related co
     "detection_auc", "n_patients",
 )
 COMPARISON_COLUMNS = ("architecture", *COMPARISON_METRICS)
+# comparison.md's first table (column, header): what a reader needs first; every other column follows in the
+# DETAIL_GROUPS tables, so no table is wider than a page.
+HEADLINE_COLUMNS = (
+    ("dice_patient_mean", "test Dice per patient, mean (%) [95% CI]"),
+    ("val_dice_patient", "validation Dice per patient, mean (%) [95% CI]"),
+    ("n_patients", "test patients"),
+)
+DETAIL_GROUPS = (
+    ("Test Dice per patient: spread, and the largest tumor only",
+     ("dice_patient_median", "dice_patient_q1", "dice_patient_q3", "dice_patient_iqr", "dice_patient_min",
+      "lcc_dice_patient_mean")),
+    ("Test Dice per slice and pooled, IoU",
+     ("dice_slice_mean", "dice_positive_slices_mean", "dice_pooled", "iou_patient_mean")),
+    ("Test tumor-slice detection",
+     ("detection_accuracy", "detection_sensitivity", "detection_specificity", "detection_auc")),
+)
 # Column-name fragments of metrics that live in [0, 1] and read best as percentages.
 _PERCENT_METRIC_MARKERS = ("dice", "iou", "jaccard", "accuracy", "sensitivity", "specificity", "precision", "recall")
 METRIC_LABELS = {  # metric key (metrics.json, comparison.csv) -> what it means, for legends and the markdown
@@ -102,24 +120,27 @@ def _column_header(column: str) -> str:
     return f"{column} (%)" if _is_percent_metric(column) else column
 
 
-def _markdown_table(table: pd.DataFrame, champion: str | None) -> str:
-    """One column per metric; a metric with `<key>_ci_low` / `<key>_ci_high` columns shows its 95% interval
-    in its own cell, `68.7 [58.0, 78.1]`."""
-    with_interval = [c for c in table.columns if {f"{c}_ci_low", f"{c}_ci_high"} <= set(table.columns)]
-    hidden = {f"{c}_ci_{end}" for c in with_interval for end in ("low", "high")}
-    full, table = table, table[[c for c in table.columns if c not in hidden]]
-    cells = pd.DataFrame(
-        {column: [_format_cell(column, value) for value in table[column].tolist()] for column in table.columns}
-    )
-    for column in with_interval:
-        low, high = ([_format_cell(column, v) for v in full[f"{column}_ci_{end}"].tolist()] for end in ("low", "high"))
-        cells[column] = [v if lo == "n/a" else f"{v} [{lo}, {hi}]" for v, lo, hi in zip(cells[column], low, high)]
-    cells["architecture"] = [
-        f"**{name}** (champion)" if champion is not None and name == champion else str(name)
-        for name in table["architecture"]
-    ]
-    cells.columns = [_column_header(column) for column in table.columns]
-    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in table.columns]
+def _has_interval(table: pd.DataFrame, column: str) -> bool:
+    return {f"{column}_ci_low", f"{column}_ci_high"} <= set(table.columns)
+
+
+def _column_cells(table: pd.DataFrame, column: str) -> list[str]:
+    """The formatted cells of one metric column; with `<key>_ci_low` / `_ci_high` columns in ``table`` each cell
+    carries its 95% interval, `68.7 [58.0, 78.1]`."""
+    cells = [_format_cell(column, value) for value in table[column].tolist()]
+    if not _has_interval(table, column):
+        return cells
+    low, high = ([_format_cell(column, v) for v in table[f"{column}_ci_{end}"].tolist()] for end in ("low", "high"))
+    return [v if lo == "n/a" else f"{v} [{lo}, {hi}]" for v, lo, hi in zip(cells, low, high, strict=True)]
+
+
+def _markdown_table(table: pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """``architecture`` and then ``columns`` of ``table``, numbers right-aligned, headers the keys (as in
+    comparison.csv) unless given."""
+    columns = ["architecture", *columns]
+    cells = pd.DataFrame({column: _column_cells(table, column) for column in columns})
+    cells.columns = list(headers) if headers is not None else [_column_header(column) for column in columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in columns]
     # tabulate comes with dvc (a hard dependency); disable_numparse keeps "82.0" from turning into "82".
     return cells.to_markdown(
         index=False,
@@ -128,12 +149,66 @@ def _markdown_table(table: pd.DataFrame, champion: str | None) -> str:
     )
 
 
+def _headline_table(table: pd.DataFrame, champion: str | None) -> str:
+    """The numbers to read first: test and validation per-patient Dice with their intervals, test patients, and
+    which architecture is the champion."""
+    present = [column for column, _ in HEADLINE_COLUMNS if column in table.columns]
+    headers = ["architecture", *(header for column, header in HEADLINE_COLUMNS if column in table.columns)]
+    shown = table.copy()
+    shown["architecture"] = [f"**{name}**" if name == champion else str(name) for name in table["architecture"]]
+    if champion is not None:
+        shown["champion"] = ["yes (best validation Dice)" if name == champion else "" for name in table["architecture"]]
+        present.append("champion")
+        headers.append("champion")
+    return _markdown_table(shown, present, headers)
+
+
+def _detail_tables(table: pd.DataFrame) -> list[str]:
+    """Every other column, one small table per group (see DETAIL_GROUPS), unknown columns last."""
+    headline = {column for column, _ in HEADLINE_COLUMNS}
+    intervals = {f"{c}_ci_{end}" for c in table.columns if _has_interval(table, c) for end in ("low", "high")}
+    grouped = {column for _, columns in DETAIL_GROUPS for column in columns}
+    others = [c for c in table.columns if c not in headline | intervals | grouped | {"architecture"}]
+    lines = []
+    for title, columns in (*DETAIL_GROUPS, ("Other columns", tuple(others))):
+        present = [column for column in columns if column in table.columns]
+        if present:
+            lines += [f"### {title}", "", _markdown_table(table, present), ""]
+    return lines
+
+
 def _column_glossary(table: pd.DataFrame) -> list[str]:
     """One markdown bullet per labelled column: the key (as in comparison.csv) and what it measures."""
     return [f"- `{column}`: {METRIC_LABELS[column]}" for column in table.columns if column in METRIC_LABELS]
 
 
-def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: str, paired: Sequence[dict] = ()) -> str:
+def describe_data_sources(data_sources: Mapping[str, str]) -> str:
+    """`synthetic`, or `unet: kaggle, fpn: synthetic` when the architectures were trained on different data."""
+    sources = sorted(set(data_sources.values()))
+    if len(sources) == 1:
+        return sources[0]
+    return ", ".join(f"{arch}: {source}" for arch, source in data_sources.items())
+
+
+def _is_synthetic(data_sources: Mapping[str, str]) -> bool:
+    return SYNTHETIC in set(data_sources.values())
+
+
+def _data_paragraph(data_sources: Mapping[str, str]) -> str:
+    """Which data every number on the page comes from; on synthetic data, that no published number applies."""
+    described = describe_data_sources(data_sources)
+    sentence = f"Data: **{described}** (the `data_source` each model was trained and tested on)."
+    if len(set(data_sources.values())) > 1:
+        sentence += " The architectures were trained on different data: their rows are not comparable."
+    if _is_synthetic(data_sources):
+        sentence += (" Synthetic data is generated (the demo's), not MRI: these numbers check that the pipeline runs "
+                     "and say nothing about real gliomas; the Buda et al. 2019 figures below are for real scans.")
+    return sentence
+
+
+def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: str, paired: Sequence[dict] = (),
+                         data_sources: Mapping[str, str] | None = None) -> str:
+    data_sources = data_sources or {}
     if champion is None:
         champion_sentence = "No champion was selected."
     else:
@@ -141,22 +216,27 @@ def _comparison_markdown(table: pd.DataFrame, champion: str | None, chart_name: 
     lines = [
         "# Architecture comparison",
         "",
-        _markdown_table(table, champion),
+        _data_paragraph(data_sources) if data_sources else f"Data: **{NOT_RECORDED}**.",
         "",
-        *_column_glossary(table),
+        _headline_table(table, champion),
         "",
         f"{champion_sentence} The champion is chosen by per-patient Dice on the VALIDATION set "
         "(`val_dice_patient`), never by test metrics; the test columns are reported for information only.",
         "",
         "Brackets: 95% bootstrap confidence intervals over patients (BCa, 2000 resamples of whole patients, "
-        "seeded; `<metric>_ci_low` / `_ci_high` in `comparison.csv`). With few test patients they are wide: "
-        "a difference inside them is not a finding.",
+        "seeded; `<metric>_ci_low` / `_ci_high` in `comparison.csv`); the error bars in the chart are the same "
+        "intervals. With few test patients they are wide: a difference inside them is not a finding.",
         "",
         *(["## Is the difference real? (the same test patients, paired)", "",
            *[f"- {p['verdict']}" for p in paired], ""] if paired else []),
+        "## All metrics (keys as in `comparison.csv`)",
+        "",
+        *_detail_tables(table),
+        *_column_glossary(table),
+        "",
         "Headline metric: per-patient 3-D volume Dice (`dice_patient_mean`): Dice over all slices of a patient, "
         "averaged over patients, as in Buda et al. 2019 (Computers in Biology and Medicine 109:218-225), "
-        "who report 82-84% mean with U-Net; two expert human readers agree at 84 ± 2%.",
+        "who report 82-84% mean with U-Net on the real scans; two expert human readers agree at 84 ± 2%.",
         "",
         "Dice, IoU and detection accuracy/sensitivity/specificity are percentages with one decimal; "
         "AUC is shown with three decimals. Raw values are in `comparison.csv`.",
@@ -178,27 +258,36 @@ def comparison_chart_series(table: pd.DataFrame) -> list[tuple[str, str]]:
     return series
 
 
-def comparison_chart_figure(table: pd.DataFrame, champion: str | None) -> Figure:
+CI_LEGEND = "95% bootstrap CI over patients (as in comparison.md)"
+
+
+def comparison_chart_figure(table: pd.DataFrame, champion: str | None,
+                            data_sources: Mapping[str, str] | None = None) -> Figure:
     """Grouped bars: one group per architecture, one bar per Dice score (see comparison_chart_series).
 
-    The validation bar is hatched (it picks the champion); the others are test metrics. When the table has
-    dice_patient_q1/q3, the median bar carries a Q1-Q3 error bar.
+    The validation bar is hatched (it picks the champion); the others are test metrics. A bar whose metric has
+    `<key>_ci_low` / `_ci_high` columns carries that 95% bootstrap interval as its error bar (the interval
+    comparison.md reports). The title names the data (``data_sources``: architecture -> data source); the
+    Buda et al. 2019 band, measured on real MRI, is left off when any model was trained on synthetic data.
     """
+    data_sources = data_sources or {}
     series = comparison_chart_series(table)
     architectures = table["architecture"].astype(str).tolist()
     n_bars = len(series)
     group_width = 0.84
     bar_width = group_width / n_bars
     positions = np.arange(len(architectures))
-    figure = new_figure(max(8.0, 1.6 + len(architectures) * (0.36 * n_bars + 0.5)), 6.4)
+    figure = new_figure(min(MAX_FIGURE_INCHES, max(8.0, 1.6 + len(architectures) * (0.36 * n_bars + 0.5))), 6.4)
     ax = figure.subplots()
-    low, high = BUDA_2019_DICE_RANGE
-    ax.axhspan(
-        low, high, color="0.86", zorder=0,
-        label=f"Buda et al. 2019, U-Net test Dice per patient (mean {100 * low:.0f}-{100 * high:.0f}%)",
-    )
+    synthetic = _is_synthetic(data_sources)
+    if not synthetic:
+        low, high = BUDA_2019_DICE_RANGE
+        ax.axhspan(
+            low, high, color="0.86", zorder=0,
+            label=f"Buda et al. 2019, U-Net on real MRI: test Dice per patient {100 * low:.0f}-{100 * high:.0f}%",
+        )
     palette = categorical_colors(n_bars)
-    has_quartiles = {"dice_patient_q1", "dice_patient_q3"} <= set(table.columns)
+    ci_label = CI_LEGEND
     for index, (label, column) in enumerate(series):
         offsets = positions - group_width / 2 + (index + 0.5) * bar_width
         values = table[column].astype(float).to_numpy()
@@ -209,14 +298,17 @@ def comparison_chart_figure(table: pd.DataFrame, champion: str | None) -> Figure
             linewidth=0, label=label, zorder=2,
         )
         label_heights = values
-        if column == "dice_patient_median" and has_quartiles:
-            q1 = table["dice_patient_q1"].astype(float).to_numpy()
-            q3 = table["dice_patient_q3"].astype(float).to_numpy()
-            ax.errorbar(
-                offsets, values, yerr=[values - q1, q3 - values], fmt="none", ecolor="black", elinewidth=1.0,
-                capsize=3, zorder=3, label="test Dice per patient (inter-quartile range, Q1-Q3)",
-            )
-            label_heights = np.fmax(values, q3)  # the value sits above the whisker, not on it
+        if _has_interval(table, column):
+            ci_low = table[f"{column}_ci_low"].astype(float).to_numpy()
+            ci_high = table[f"{column}_ci_high"].astype(float).to_numpy()
+            known = np.isfinite(values) & np.isfinite(ci_low) & np.isfinite(ci_high)
+            if known.any():
+                ax.errorbar(
+                    offsets[known], values[known], yerr=[values[known] - ci_low[known], ci_high[known] - values[known]],
+                    fmt="none", ecolor="black", elinewidth=1.0, capsize=3, zorder=3, label=ci_label,
+                )
+                ci_label = "_nolegend_"  # one legend entry for all the interval bars
+            label_heights = np.where(known, np.fmax(values, ci_high), values)  # the value sits above the whisker
         for offset, value, height in zip(offsets, values, label_heights, strict=True):
             text = "n/a" if np.isnan(value) else f"{100 * value:.1f}"
             ax.text(
@@ -236,18 +328,23 @@ def comparison_chart_figure(table: pd.DataFrame, champion: str | None) -> Figure
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3, zorder=1)
     ax.set_axisbelow(True)
-    figure.suptitle("Dice per architecture (champion chosen on validation Dice)", fontsize=12)
-    figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    data = describe_data_sources(data_sources) if data_sources else NOT_RECORDED
+    figure.suptitle(f"Dice per architecture, data: {data} (champion chosen on validation Dice)", fontsize=12)
+    if synthetic:
+        ax.set_title("SYNTHETIC demo data, not MRI: these scores show that the pipeline runs, not how it does\n"
+                     "on real gliomas; the published range (Buda et al. 2019, real scans) does not apply",
+                     fontsize=9, color="#b00020")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == CI_LEGEND)  # the interval bars' entry last
+    figure.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2,
+                  fontsize=8, frameon=False)
     return figure
 
 
-def _comparison_chart(table: pd.DataFrame, champion: str | None) -> bytes:
-    return render_png(comparison_chart_figure(table, champion))
-
-
-def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None,
-                     paired: Sequence[dict] = ()) -> dict[str, Path]:
+def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None, paired: Sequence[dict] = (),
+                     data_sources: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Write comparison.md, comparison.csv and comparison.png into ``out_dir``; returns their paths.
+    ``data_sources`` (architecture -> the data source its model was trained on) is named on the page and chart.
 
     Everything is rendered before anything is written, so a bad table leaves the previous files untouched.
     """
@@ -258,8 +355,8 @@ def write_comparison(table: pd.DataFrame, out_dir: Path, *, champion: str | None
         raise ValueError(f"champion {champion!r} is not in the table's architectures {list(table['architecture'])}")
     out_dir = Path(out_dir)
     chart_path = out_dir / "comparison.png"
-    chart_png = _comparison_chart(table, champion)
-    markdown = _comparison_markdown(table, champion, chart_path.name, paired)
+    chart_png = render_png(comparison_chart_figure(table, champion, data_sources))
+    markdown = _comparison_markdown(table, champion, chart_path.name, paired, data_sources)
     csv_text = table.to_csv(index=False)
     return {
         "csv": write_bytes(out_dir / "comparison.csv", csv_text.encode("utf-8")),

@@ -11,6 +11,7 @@ from matplotlib.ticker import PercentFormatter
 
 from lggseg.evaluation.figures.canvas import (
     BUDA_2019_DICE_RANGE,
+    MAX_FIGURE_INCHES,
     categorical_colors,
     new_figure,
     require_columns,
@@ -30,7 +31,7 @@ def plot_dice_per_patient(
     dice = ordered["dice"].astype(float).to_numpy()
     positions = np.arange(len(ordered))
 
-    figure = new_figure(max(6.0, 0.28 * len(ordered) + 3.5), 4.8)
+    figure = new_figure(min(MAX_FIGURE_INCHES, max(6.0, 0.28 * len(ordered) + 3.5)), 4.8)
     ax = figure.subplots()
     legend_handles: list = []
     if "institution" in ordered.columns:
@@ -51,7 +52,8 @@ def plot_dice_per_patient(
         mean_line = ax.axhline(mean, color="black", linestyle="--", linewidth=1.2)
         mean_line.set_label(f"mean {100 * mean:.1f}% (n={n_valid})")
         legend_handles.insert(0, mean_line)
-    ax.set_xticks(positions, ordered["patient_id"].astype(str), rotation=90, fontsize=7)
+    # beyond ~23 patients the width is capped: smaller labels instead of a wider figure
+    ax.set_xticks(positions, ordered["patient_id"].astype(str), rotation=90, fontsize=max(4.0, min(7.0, 160 / len(ordered))))
     ax.set_xlim(-0.6, len(ordered) - 0.4)
     ax.set_ylim(0, 1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -68,7 +70,7 @@ def plot_cross_validation(oof: pd.DataFrame, summary: pd.DataFrame, out_path: Pa
     mean with its 95% interval, and the range Buda et al. 2019 report."""
     require_columns(oof, ["architecture", "dice", "fold"], "out-of-fold table")
     architectures = summary["architecture"].astype(str).tolist()
-    figure = new_figure(max(7.5, 2.2 * len(architectures) + 4.5), 5.2)
+    figure = new_figure(min(MAX_FIGURE_INCHES, max(7.5, 2.2 * len(architectures) + 4.5)), 5.2)
     ax = figure.subplots()
     low, high = BUDA_2019_DICE_RANGE
     ax.axhspan(low, high, color="0.86", zorder=0, label=f"Buda et al. 2019, U-Net (mean {100 * low:.0f}-{100 * high:.0f}%)")

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
-from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR, new_figure, save_figure
+from lggseg.evaluation.figures.canvas import MAX_FIGURE_INCHES, PRED_COLOR, TRUTH_COLOR, new_figure, save_figure
+
+MONTAGE_TILE_INCHES = 1.6  # 192 px per slice at the figures' DPI, six across: 1152 px
 
 
 def _check_patient_arrays(
@@ -133,16 +135,18 @@ def plot_patient_montage(
     *,
     title: str,
     out_path: Path,
-    columns: int = 8,
+    columns: int = 6,
 ) -> Path:
-    """All slices of one patient in a grid of small panels, same overlay colours as the overlays."""
+    """All slices of one patient in a grid of small panels, same overlay colours as the overlays; tiles shrink
+    so the figure stays within MAX_FIGURE_INCHES (more rows rather than a wider figure)."""
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
     flair, truth, pred, vmax = _check_patient_arrays(flair, truth, pred, slices)
     n_total = flair.shape[0]
     columns = min(columns, n_total)
     rows = math.ceil(n_total / columns)
-    figure = new_figure(1.6 * columns, 1.6 * rows + 0.7)
+    tile = min(MONTAGE_TILE_INCHES, MAX_FIGURE_INCHES / columns)
+    figure = new_figure(tile * columns, tile * rows + 0.7)
     figure.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for position, ax in enumerate(axes[:n_total]):

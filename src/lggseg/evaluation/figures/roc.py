@@ -28,7 +28,9 @@ def roc_figure(roc: pd.DataFrame, auc: float, *, title: str) -> Figure:
     ax = figure.subplots()
     auc_text = f"AUC = {auc:.3f}" if auc is not None and math.isfinite(auc) else "AUC n/a"
     # A perfect curve runs along x=0 and y=1: padded limits keep it off the frame, zorder above the grid/spines.
-    ax.plot(roc["fpr"], roc["tpr"], color="#4c78a8", linewidth=2.0, label=auc_text, zorder=3)
+    # markers show the operating points, so a perfect curve (0,0) -> (0,1) -> (1,1) reads as one at the corner
+    ax.plot(roc["fpr"], roc["tpr"], color="#4c78a8", linewidth=2.5, marker="o", markersize=4, label=auc_text,
+            zorder=3)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1.0, label="chance", zorder=2)
     ax.set_xlim(-ROC_AXIS_PAD, 1 + ROC_AXIS_PAD)
     ax.set_ylim(-ROC_AXIS_PAD, 1 + ROC_AXIS_PAD)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import PercentFormatter
 
-from lggseg.evaluation.figures.canvas import new_figure, require_columns, save_figure
+from lggseg.evaluation.figures.canvas import MAX_FIGURE_INCHES, new_figure, require_columns, save_figure
 
 
 def plot_training_history(history: pd.DataFrame, out_path: Path, *, title: str) -> Path:
@@ -18,7 +18,7 @@ def plot_training_history(history: pd.DataFrame, out_path: Path, *, title: str) 
         raise ValueError("history has no rows")
     history = history.sort_values("epoch", kind="mergesort")
 
-    figure = new_figure(11.0, 4.2)
+    figure = new_figure(MAX_FIGURE_INCHES, 4.2)
     loss_ax, dice_ax = figure.subplots(1, 2)
     _plot_series(loss_ax, history, "train_loss", "train", "#4c78a8")
     _plot_series(loss_ax, history, "val_loss", "validation", "#f58518")
