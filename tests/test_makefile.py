@@ -114,7 +114,9 @@ def test_quick_start_in_order_on_a_fresh_clone_leaves_git_status_clean(tmp_path)
         outputs[command] = result.stdout
         status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
         assert status == "", f"after {command}, git status shows:\n{status}"
-    assert re.search(r"^└─ demo .*\d\.\d{3}", outputs["make demo"], re.M) and "Demo finished" in outputs["make demo"]
+    # the final table: per-patient Dice in percent (`93.5`), as the README reports it, named in the headers
+    assert re.search(r"^└─ demo +\d{1,3}\.\d ", outputs["make demo"], re.M) and "Demo finished" in outputs["make demo"]
+    assert "Dice %" in outputs["make demo"]
     assert re.search(r"\d+ passed", outputs["make test"]) and " failed" not in outputs["make test"]
 
     # the demo's next step: its registered champion on new scans, and still nothing for git to see
