@@ -70,10 +70,12 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True)
 
 
-def test_git_dirty_means_code_changes_not_params_or_the_lock_file(tmp_path):
+def test_git_dirty_means_code_changes_not_params_the_lock_file_or_stage_outputs(tmp_path):
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
-    for name, text in (("params.yaml", "train:\n  lr: 0.001\n"), ("dvc.lock", "schema: '2.0'\n"), ("src/model.py", "x = 1\n")):
+    (repo / "reports/arch/unet").mkdir(parents=True)
+    for name, text in (("params.yaml", "train:\n  lr: 0.001\n"), ("dvc.lock", "schema: '2.0'\n"), ("src/model.py", "x = 1\n"),
+                       ("reports/arch/unet/metrics.json", "{}\n")):
         (repo / name).write_text(text)
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
@@ -81,6 +83,7 @@ def test_git_dirty_means_code_changes_not_params_or_the_lock_file(tmp_path):
     # what `dvc exp run -S train.lr=0.01` does to its copy of the repository: params and lock file change
     (repo / "params.yaml").write_text("train:\n  lr: 0.01\n")
     (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (repo / "reports/arch/unet/metrics.json").write_text('{"dice_patient_mean": 0.8}\n')  # a committed stage output
     (repo / "notes.txt").write_text("untracked\n")
     state = git_state(repo / "src")
     assert state["git_dirty"] == "false" and "git_dirty_files" not in state and len(state["git_commit"]) == 40

@@ -43,14 +43,16 @@ def epoch_metrics(row: Mapping[str, Any], lr_scheduled: bool) -> dict[str, Any]:
             if key in EPOCH_METRICS and (lr_scheduled or key != "lr")}
 
 
-NOT_CODE = ("params.yaml", "dvc.lock")
-"""Tracked files whose changes are no code change: params (recorded as `params_changed`; `dvc exp run -S` writes them
-into its copy of the repository) and the lock file DVC rewrites as stages run."""
+NOT_CODE = ("params.yaml", "dvc.lock", "data", "models", "reports")
+"""Tracked paths whose changes are no code change: params (recorded as `params_changed`; `dvc exp run -S` writes them
+into its copy of the repository), the lock file DVC rewrites as stages run, and the folders the stages write their
+outputs to (dvc.yaml's outs: the `cache: false` ones, metrics and per-patient tables, are committed, and a run
+rewrites them before the next stage records its git state)."""
 
 
 def git_state(root: Path) -> dict[str, str]:
     """Commit and dirty flag of the working tree (empty when not a git checkout): `git_dirty` is `true` when tracked
-    files other than NOT_CODE differ from the commit (inside `dvc exp run`, from the experiment's baseline), and
+    files outside NOT_CODE differ from the commit (inside `dvc exp run`, from the experiment's baseline), and
     `git_dirty_files` then names them."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
