@@ -39,6 +39,7 @@ def make_dvc_repo(repo: Path) -> Path:
     run(["git", "config", "user.name", "lggseg tests"], repo)
     run(["git", "config", "user.email", "tests@lggseg.invalid"], repo)
     run(["dvc", "init", "-q"], repo)
+    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots")  # dvc.yaml's custom plot templates (roc)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)
     return repo

@@ -77,7 +77,7 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(tracking_server, 
             count = lambda sql: connection.execute(sqlalchemy.text(sql)).scalar()  # noqa: E731
             assert count("SELECT count(*) FROM runs") == 2
             assert count("SELECT count(*) FROM registered_models WHERE name LIKE 'lgg-%'") == 3
-            assert count("SELECT count(*) FROM metrics WHERE key = 'val_dice_patient'") == 4
+            assert count("SELECT count(*) FROM metrics WHERE key = 'val/dice_patient'") == 4
     finally:
         engine.dispose()
 

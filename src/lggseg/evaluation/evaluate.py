@@ -26,6 +26,7 @@ from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view, processed_manifest
 from lggseg.data.provenance import NOT_RECORDED, provenance_tags, registered_name
 from lggseg.data.split import check_no_leak
+from lggseg.evaluation.figures.comparison import COMPARISON_METRICS
 from lggseg.evaluation.figures.dice import plot_dice_per_patient
 from lggseg.evaluation.figures.overlays import plot_patient_montage, plot_patient_overlays
 from lggseg.evaluation.figures.roc import plot_roc
@@ -325,12 +326,20 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
     return picks[: max(0, count)]
 
 
+def mlflow_test_metrics(metrics: dict) -> dict:
+    """The test numbers comparison.md reports, with their 95% intervals: MLflow draws one chart per metric, and
+    counts (detection_tp, ...) as charts only crowd out the Dice. Every number is in the run's artifact
+    evaluation/all_metrics.json."""
+    keys = [k for k in COMPARISON_METRICS if not k.startswith(NOT_TEST_METRICS)]
+    keys += [f"{k}_ci_{end}" for k in keys for end in ("low", "high")]
+    return {k: metrics[k] for k in keys if metrics.get(k) is not None}
+
+
 def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
                    settings: InferenceSettings, metrics: dict, figures: list[Path], train_summary: dict,
                    weights: str, trained_on: dict | None) -> None:
     report_dir = paths.report_dir(arch)
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and not k.startswith(NOT_TEST_METRICS)},
-                        prefix=TEST_PREFIX)
+    tracker.log_metrics(run_id, mlflow_test_metrics(metrics), prefix=TEST_PREFIX)
     # the detection rule was chosen on val; the val Dice is training's (val/best_dice_patient)
     tracker.log_metrics(run_id, {"val/detection_threshold": metrics["detection_threshold"],
                                  "val/detection_min_area": metrics["detection_min_area"]})
