@@ -221,7 +221,7 @@ def test_a_stop_signal_during_a_store_write_arrives_after_the_write(tmp_path):
     reached_the_write = False
     with stop_signals_as_interrupts(), pytest.raises(StopRequested) as stopped:
         with tracker.store.guard("log metrics to"):
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # to this thread: os.kill may reach another thread, handled later
             reached_the_write = True
             tracker.client.log_batch(run_id, metrics=[Metric("val_dice_patient", 0.5, 0, 1)])
     assert stopped.value.signum == signal.SIGTERM and reached_the_write
@@ -237,8 +237,10 @@ def test_a_second_stop_signal_during_a_deferred_block_goes_through_at_once():
     after_the_second = False
     with stop_signals_as_interrupts(), pytest.raises(KeyboardInterrupt):
         with stop_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+            # raise_signal: to this thread, handled before it returns (two os.kill to the process can reach
+            # another thread and merge into one delivery: Python keeps one pending flag per signal)
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             after_the_second = True
     assert not after_the_second
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
