@@ -233,7 +233,16 @@ def test_a_stop_signal_during_a_store_write_arrives_after_the_write(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back as they were outside
 
 
-def test_a_second_stop_signal_during_a_deferred_block_goes_through_at_once():
+@pytest.fixture
+def python_sigint():
+    """Ctrl-C as Python's default (KeyboardInterrupt): an earlier test in the same process (a library it ran)
+    may have left SIGINT ignored, and an ignored signal is rightly not deferred."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_stop_signal_during_a_deferred_block_goes_through_at_once(python_sigint):
     after_the_second = False
     with stop_signals_as_interrupts(), pytest.raises(KeyboardInterrupt):
         with stop_deferred():
