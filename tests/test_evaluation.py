@@ -94,7 +94,7 @@ def test_test_metrics_and_artifacts_logged_into_the_training_run(trained_project
         assert "test/val_dice_patient" not in run.data.metrics and "test/detection_threshold" not in run.data.metrics
         assert "val/detection_threshold" in run.data.metrics and "val/best_dice_patient" in run.data.metrics
         assert {m.split("/")[0] for m in run.data.metrics} <= {"train", "val", "test"}, sorted(run.data.metrics)
-        # the numbers comparison.md reports, not every count: those are in all_metrics.json
+        # metrics.json's headline numbers, not every count: those are in all_metrics.json
         assert run.data.metrics["test/dice_patient_mean_ci_low"] == pytest.approx(metrics["dice_patient_mean_ci_low"])
         every = json.loads((paths.report_dir(arch) / "all_metrics.json").read_text())
         assert "test/detection_tp" not in run.data.metrics and "detection_tp" in every

@@ -11,8 +11,8 @@ import pytest
 
 from lggseg import cli
 from lggseg.core.config import MlflowConfig
-from lggseg.tracking.runs import HEADLINE_METRIC, Tracker
-from lggseg.tracking.store import RUNS_VIEW_KEY, SAVED_VIEW_TAG_PREFIX
+from lggseg.tracking.runs import Tracker
+from lggseg.tracking.store import HEADLINE_METRIC, RUNS_VIEW_KEY, SAVED_VIEW_TAG_PREFIX
 
 UI = "http://127.0.0.1:5000"
 

@@ -60,10 +60,10 @@ def test_only_a_synthetic_model_on_scans_not_recorded_as_synthetic_is_warned_abo
 
 
 def test_models_trained_on_synthetic_data_have_their_own_registry_names():
-    assert registered_name("segmentation", "synthetic") == "lgg-synthetic-segmentation"
-    assert registered_name("unet", "synthetic") == "lgg-synthetic-unet"
-    for source in ("kaggle", "local", "not recorded"):
-        assert registered_name("segmentation", source) == "lgg-segmentation"
+    assert registered_name("segmentation", {"data_source": "synthetic"}) == "lgg-synthetic-segmentation"
+    assert registered_name("unet", {"data_source": "synthetic"}) == "lgg-synthetic-unet"
+    for trained_on in ({"data_source": "kaggle"}, {"data_source": "local"}, None):  # None: an older lggseg's model
+        assert registered_name("segmentation", trained_on) == "lgg-segmentation"
 
 
 def _git(repo: Path, *args: str) -> None:

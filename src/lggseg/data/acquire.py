@@ -20,7 +20,7 @@ from lggseg.core.config import DataConfig
 from lggseg.core.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
 from lggseg.data import synthetic
 from lggseg.data.layout import is_patient_folder_name
-from lggseg.data.provenance import recorded_source, write_source_record
+from lggseg.data.provenance import SYNTHETIC, recorded_source, write_source_record
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def acquire(cfg: DataConfig, dataset_dir: Path, default_archive: Path) -> Path:
         install_local(local, dataset_dir)
     else:
         download_kaggle(cfg.kaggle_dataset, dataset_dir)
-    if source != "synthetic" and recorded_source(dataset_dir) is None:  # a copied synthetic tree stays synthetic
+    if source != SYNTHETIC and recorded_source(dataset_dir) is None:  # a copied synthetic tree stays synthetic
         write_source_record(dataset_dir, source)
     return dataset_dir
 

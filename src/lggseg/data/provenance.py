@@ -16,6 +16,7 @@ from lggseg.core.atomic import write_json
 SOURCE_RECORD = "DATA_SOURCE.json"
 SYNTHETIC = "synthetic"
 NOT_RECORDED = "not recorded"
+FINGERPRINT_CHARS = 12  # the data fingerprint as shown: enough to tell two data sets apart at a glance
 TREE_LEVELS = 3  # a slice file, its patient folder, the data set folder: where a record can lie above an input
 
 
@@ -60,10 +61,15 @@ def training_data(manifest: dict) -> dict:
     }
 
 
-def registered_name(kind: str, data_source: str) -> str:
+def data_source_of(trained_on: dict | None) -> str:
+    """The data source a model was trained on (`trained_on` of its checkpoint; None: an older lggseg's)."""
+    return str((trained_on or {}).get("data_source", NOT_RECORDED))
+
+
+def registered_name(kind: str, trained_on: dict | None) -> str:
     """The registry name of a model of `kind` (`unet`, `fpn`, `segmentation` for the champion): models trained on
     synthetic data (the demo's) are `lgg-synthetic-<kind>`, so no real run's `lgg-segmentation@champion` is ever one."""
-    return f"lgg-{SYNTHETIC}-{kind}" if data_source == SYNTHETIC else f"lgg-{kind}"
+    return f"lgg-{SYNTHETIC}-{kind}" if data_source_of(trained_on) == SYNTHETIC else f"lgg-{kind}"
 
 
 def describe_training_data(trained_on: dict | None) -> str:
@@ -74,7 +80,7 @@ def describe_training_data(trained_on: dict | None) -> str:
     test = f" / {patients['test']} test" if patients.get("test") is not None else ""
     return (f"{trained_on['data_source']} data: {patients['train']} train / {patients['val']} val{test} patients, "
             f"{slices['train']} + {slices['val']} slices, {trained_on['input_size']} px {trained_on['channels']}, "
-            f"fingerprint {str(trained_on['data_fingerprint'])[:12]}")
+            f"fingerprint {str(trained_on['data_fingerprint'])[:FINGERPRINT_CHARS]}")
 
 
 def provenance_warnings(trained_on: dict | None, input_source: str | None) -> list[str]:

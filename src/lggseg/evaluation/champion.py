@@ -13,7 +13,7 @@ import pandas as pd
 
 from lggseg.core.config import Config
 from lggseg.core.paths import Paths
-from lggseg.data.provenance import NOT_RECORDED, provenance_tags, registered_name
+from lggseg.data.provenance import data_source_of, provenance_tags, registered_name
 from lggseg.evaluation.evaluate import count_table, predict_split
 from lggseg.evaluation.figures.comparison import COMPARISON_METRICS, comparison_table, write_comparison
 from lggseg.evaluation.intervals import paired_comparison
@@ -31,7 +31,7 @@ CHAMPION_MODEL = "lgg-segmentation"
 
 def champion_model(record: dict) -> str:
     """The registry name of the champion `record` (an evaluate's mlflow_model.json) would become."""
-    return registered_name("segmentation", (record.get("trained_on") or {}).get("data_source", NOT_RECORDED))
+    return registered_name("segmentation", record.get("trained_on"))
 
 
 def _redo_evaluate(arch: str) -> str:
@@ -68,7 +68,7 @@ def compare_architectures(cfg: Config, paths: Paths) -> dict:
             candidate, paths.model_dir(champion) / "best.pt",
             f"named by {paths.report_dir(champion) / 'mlflow_model.json'}", _redo_evaluate(champion))
     paired = paired_comparisons(paths, champion, list(cfg.model.architectures))
-    data_sources = {arch: (records[arch].get("trained_on") or {}).get("data_source", NOT_RECORDED) for arch in records}
+    data_sources = {arch: data_source_of(records[arch].get("trained_on")) for arch in records}
     written = write_comparison(table, paths.reports, champion=champion, paired=paired, data_sources=data_sources)
     if register:
         source = f"{record['registered_model']}/{record['version']}"

@@ -24,9 +24,8 @@ from lggseg.core.config import Config
 from lggseg.core.paths import Paths
 from lggseg.data.dataset import SliceDataset
 from lggseg.data.preprocess import flair_view, processed_manifest
-from lggseg.data.provenance import NOT_RECORDED, provenance_tags, registered_name
+from lggseg.data.provenance import provenance_tags, registered_name
 from lggseg.data.split import check_no_leak
-from lggseg.evaluation.figures.comparison import COMPARISON_METRICS
 from lggseg.evaluation.figures.dice import plot_dice_per_patient
 from lggseg.evaluation.figures.overlays import plot_patient_montage, plot_patient_overlays
 from lggseg.evaluation.figures.roc import plot_roc
@@ -44,8 +43,8 @@ from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import Runtime, inference_runtime
 from lggseg.model.inference import InferenceSettings, predict_batches, prepare_for_inference
 from lggseg.tracking.registry import ModelRegistry
-from lggseg.tracking.runs import TEST_PREFIX, Tracker, git_state, read_run_pointer
-from lggseg.tracking.store import WEIGHTS_TAG, TrackingError, weights_sha256
+from lggseg.tracking.runs import Tracker, git_state, read_run_pointer
+from lggseg.tracking.store import TEST_PREFIX, WEIGHTS_TAG, TrackingError, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -327,12 +326,10 @@ def _showcase_patients(per_patient: pd.DataFrame, count: int) -> list[tuple[str,
 
 
 def mlflow_test_metrics(metrics: dict) -> dict:
-    """The test numbers comparison.md reports, with their 95% intervals: MLflow draws one chart per metric, and
+    """metrics.json's test numbers (the headline, with their 95% intervals): MLflow draws one chart per metric, and
     counts (detection_tp, ...) as charts only crowd out the Dice. Every number is in the run's artifact
     evaluation/all_metrics.json."""
-    keys = [k for k in COMPARISON_METRICS if not k.startswith(NOT_TEST_METRICS)]
-    keys += [f"{k}_ci_{end}" for k in keys for end in ("low", "high")]
-    return {k: metrics[k] for k in keys if metrics.get(k) is not None}
+    return {k: metrics[k] for k in headline_keys() if not k.startswith(NOT_TEST_METRICS) and metrics.get(k) is not None}
 
 
 def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths: Paths, model,
@@ -350,7 +347,7 @@ def _log_to_mlflow(tracker: Tracker, run_id: str, cfg: Config, arch: str, paths:
     tracker.log_artifacts(run_id, figures, "evaluation/figures")
     record: dict = {"run_id": run_id, "registered": False, "trained_on": trained_on}
     if cfg.mlflow.register:
-        name = registered_name(arch, (trained_on or {}).get("data_source", NOT_RECORDED))
+        name = registered_name(arch, trained_on)
         tags = {**git_state(paths.root), "data_fingerprint": train_summary["data_fingerprint"],
                 **provenance_tags(trained_on), "architecture": arch,
                 "test_dice_patient_mean": f"{metrics['dice_patient_mean']:.4f}",

@@ -31,7 +31,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from lggseg.data.layout import is_synthetic_case
-from lggseg.data.provenance import SYNTHETIC
+from lggseg.data.provenance import FINGERPRINT_CHARS, SYNTHETIC
 from lggseg.evaluation.figures.canvas import PRED_COLOR, TRUTH_COLOR, new_figure, render_png
 
 DISCLAIMER = (
@@ -46,7 +46,6 @@ MIDDLE_SLICES = 3  # shown when no slice has tumour, so the reader still sees wh
 TRUTH_OUTLINE_PX = 3
 PRED_OUTLINE_PX = 1
 ZOOM_PX = 768  # a tile opened at full size (a click on it) is shown up to this wide: 3x a 256-px slice
-FINGERPRINT_CHARS = 12  # as `lggseg.data.provenance.describe_training_data` prints it
 CHART_INCHES = (9.6, 2.8)  # the page is about 1,100 px wide; at the figures' DPI the chart fills it unscaled
 CHART_INK, CHART_AXIS, CHART_GRID = "#5b636e", "#9aa3ad", "#e7eaee"  # report.css's muted text and rules
 CHART_MAX_LABELS = 24  # slice numbers on the x axis; beyond this every k-th is labelled
@@ -361,12 +360,13 @@ def report_html(report: dict, flair: np.ndarray, pred: np.ndarray, truth: np.nda
     if orientation:
         positions = middle_positions(flair.shape[0])
     tiles = [_tile(report["slices"][i], flair[i], pred[i], None if truth is None else truth[i]) for i in positions]
+    synthetic = is_synthetic_report(report)
     return TEMPLATES.get_template("report.html.j2").render(
-        title=f"lggseg report: {report.get('case')}" + (" (synthetic case)" if is_synthetic_report(report) else ""),
+        title=f"lggseg report: {report.get('case')}" + (" (synthetic case)" if synthetic else ""),
         disclaimer=report.get("disclaimer") or DISCLAIMER,
         report=report, patient=report.get("patient") or {}, model=report.get("model") or {},
         source=report.get("input") or {}, runtime=report.get("runtime") or {}, notes=_notes(report),
-        warnings=_warnings(report.get("warnings")), synthetic=is_synthetic_report(report),
+        warnings=_warnings(report.get("warnings")), synthetic=synthetic,
         n_slices=flair.shape[0], has_truth=truth is not None,
         tiles=tiles, no_prediction=not pred.any(), orientation=orientation, omitted=omitted, max_tiles=MAX_TILES,
         chart_uri=_area_chart_uri(report["slices"], truth is not None),

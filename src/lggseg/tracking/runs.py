@@ -32,8 +32,6 @@ EPOCH_METRICS = {"train_loss": "train/loss", "val_loss": "val/loss", "val_dice_s
                  "val_dice_patient": "val/dice_patient", "lr": "train/lr", "epoch_seconds": "train/epoch_seconds",
                  "train_images_per_second": "train/images_per_second"}
 VAL_DICE_PATIENT = EPOCH_METRICS["val_dice_patient"]
-TEST_PREFIX = "test/"  # evaluation's numbers on the test patients: `test/dice_patient_mean` ...
-HEADLINE_METRIC = TEST_PREFIX + "dice_patient_mean"
 
 
 def epoch_metrics(row: Mapping[str, Any], lr_scheduled: bool) -> dict[str, Any]:

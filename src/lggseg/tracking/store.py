@@ -39,7 +39,9 @@ EXPERIMENT_TAGS = {
 SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW_KEY = "lggseg-test-dice"
 RUNS_VIEW_NAME = "Test Dice"
-RUNS_VIEW_SORT = "test/dice_patient_mean"  # lggseg.tracking.runs.HEADLINE_METRIC (store is the lower module)
+TEST_PREFIX = "test/"  # evaluation's numbers on the test patients: `test/dice_patient_mean` ...
+HEADLINE_METRIC = TEST_PREFIX + "dice_patient_mean"
+RUNS_VIEW_SORT = HEADLINE_METRIC
 # the columns, in this order; their widths fit their names (the table's default, about 100 px, cuts them to
 # `test/dice_pat...`). Test and val Dice and the params a run changed fit a 1400 px window beside the run names;
 # the intervals are one click away (Columns) and in reports/comparison.md

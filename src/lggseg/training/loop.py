@@ -87,6 +87,7 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, len(train_loader))
     batch_scheduler = scheduler if tcfg.scheduler == "onecycle" else None
+    lr_scheduled = scheduler is not None  # a constant lr is the run's train.lr param, not a per-epoch metric
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.grad_scaler)
     forward = _training_forward(model, runtime, group, tcfg.compile)
     if checkpoint is not None:
@@ -100,7 +101,7 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
                   run_tags(cfg, arch, paths.root, runtime, group, trained_on))
         write_json(model_dir / "model.json", spec.to_dict())
         if state.history:  # a resumed run: what a kill left unlogged after last.pt was written
-            log_missing_epochs(tracker, state, lr_scheduled=tcfg.scheduler != "none")
+            log_missing_epochs(tracker, state, lr_scheduled)
             write_csv(history_path, pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
 
     with run_outcome(arch, state, tracker, last_path):
@@ -125,7 +126,7 @@ def _train(cfg: Config, arch: str, paths: Paths, runtime: Runtime, group: Group)
                 print(_epoch_line(arch, row, tcfg.epochs, improved), flush=True)
                 # logged after last.pt holds the epoch: a kill in between (or a tracking store that stops
                 # answering) is caught up on resume, so each epoch reaches MLflow exactly once
-                tracker.log_metrics(state.run_id, epoch_metrics(row, lr_scheduled=tcfg.scheduler != "none"), step=epoch)
+                tracker.log_metrics(state.run_id, epoch_metrics(row, lr_scheduled), step=epoch)
             if state.should_stop(tcfg.early_stopping_patience):
                 if main:
                     print(f"{arch}: early stop after {state.epoch} epochs (no val improvement for "
