@@ -75,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--report-only", action="store_true", help="only collect finished folds into reports/cv/")
     cv.add_argument("--root", default=".", help="the DVC project (default: .)")
     cv.add_argument("--params", default="params.yaml", help="params file, to check the settings first")
-    synth = sub.add_parser("synth", help="write a synthetic LGG data set in the Kaggle layout")
-    synth.add_argument("out", type=Path, help="output folder (kaggle_3m/ is created inside)")
+    synth = sub.add_parser("synth", help="write a synthetic LGG data set (Kaggle, images/ + masks/, NIfTI or DICOM)")
+    synth.add_argument("out", type=Path, help="output folder (kaggle_3m/, or synthetic_<layout>/, is created inside)")
     synth.add_argument("--patients", type=int, default=24)
     synth.add_argument("--slices-min", type=int, default=20)
     synth.add_argument("--slices-max", type=int, default=40)
     synth.add_argument("--seed", type=int, default=42)
     synth.add_argument("--zip", type=Path, default=None, help="also write a Kaggle-style .zip archive here")
+    synth.add_argument("--layout", default="kaggle", choices=("kaggle", "slices", "nifti", "dicom"),
+                       help="kaggle (kaggle_3m/), slices (images/ + masks/ png), nifti (nnU-Net raw: dataset.json, "
+                            "imagesTr/, labelsTr/) or dicom (a study folder per patient); see docs/own-data.md")
     return parser
 
 
@@ -91,20 +94,26 @@ def _add_predict(sub) -> None:
     text = ("segment new scans with a registered or local model: masks, report.json and report.html per patient "
             "(a research tool, not a diagnostic device)")
     p = sub.add_parser("predict", help=text, description=text)
-    p.add_argument("input", type=Path, help="a slice .tif, a patient folder (<case>_<n>.tif, masks optional) or a "
-                                            "folder of patient folders (e.g. kaggle_3m/)")
+    p.add_argument("input", type=Path, help="a slice .tif, a patient folder (<case>_<n>.tif, masks optional), a "
+                                            "folder of patient folders (e.g. kaggle_3m/), a NIfTI file (.nii, "
+                                            ".nii.gz), a folder of NIfTI cases (<case>_flair.nii.gz ...), or a "
+                                            "DICOM folder (docs/predict.md)")
     p.add_argument("--model", default="models:/lgg-segmentation@champion",
                    help="models:/<name>@<alias>, models:/<name>/<version>, or a local models/<arch>/ folder "
                         "(default: models:/lgg-segmentation@champion)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: predictions/<input name>)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    p.add_argument("--probabilities", action="store_true", help="also write float32 probability maps (_prob.tif)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write float32 probability maps (_prob.tif, or _prob.nii.gz for NIfTI/DICOM input)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: 8 CPU, 32 GPU)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("DX", "DY", "DZ"),
-                   help="voxel size in mm (pixel x, pixel y, slice), to report the volume in mm^3")
+                   help="tif slices: voxel size in mm (pixel x, pixel y, slice), to report the volume in mm^3 "
+                        "(NIfTI and DICOM give their own)")
+    p.add_argument("--series", default=None, help="DICOM input: the FLAIR series (SeriesInstanceUID, SeriesNumber or "
+                                                  "words of its description); default: the one that says FLAIR")
     p.add_argument("--root", default=".", help="project root whose mlruns/ holds the registry (default: .)")
     p.add_argument("--params", default="params.yaml", help="read for mlflow.tracking_uri when present")
 
@@ -113,15 +122,16 @@ def _predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from lggseg.core.config import MlflowConfig
-    from lggseg.prediction.predict import predict
+    from lggseg.prediction.predict import default_output_name, predict
 
     mlflow = load_config(args.params).mlflow if Path(args.params).is_file() else MlflowConfig()
-    out = args.out or Path("predictions") / (args.input.stem if args.input.is_file() else args.input.resolve().name)
+    out = args.out or Path("predictions") / default_output_name(args.input)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     summary = predict(args.input, out, args.model, root=Path(args.root), mlflow=mlflow, overwrite=args.overwrite,
                       probabilities=args.probabilities, device=args.device, precision=args.precision,
-                      batch_size=args.batch_size, spacing=tuple(args.spacing) if args.spacing else None)
+                      batch_size=args.batch_size, spacing=tuple(args.spacing) if args.spacing else None,
+                      series=args.series)
     for row in summary.itertuples():
         dice = "" if pd.isna(row.dice) else f", Dice {row.dice:.3f}"
         print(f"{row.case}: {row.tumor_positive_slices} of {row.slices} slices with tumor, "
@@ -240,10 +250,12 @@ def _exps(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from lggseg.data import synthetic
+    from lggseg.data import synthetic, synthetic_layouts
 
-    tree = synthetic.generate_dataset(args.out, patients=args.patients, slices_min=args.slices_min,
-                                      slices_max=args.slices_max, seed=args.seed)
+    if args.zip and args.layout != "kaggle":
+        raise ValueError(f"--zip writes the Kaggle archive: it goes with --layout kaggle, not {args.layout}")
+    tree = synthetic_layouts.generate_layout(args.out, args.layout, patients=args.patients, slices_min=args.slices_min,
+                                     slices_max=args.slices_max, seed=args.seed)
     print(f"wrote {tree}")
     if args.zip:
         print(f"wrote {synthetic.write_kaggle_zip(tree, args.zip)}")

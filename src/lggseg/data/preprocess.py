@@ -21,15 +21,17 @@ import pandas as pd
 import tifffile
 
 from lggseg.core.atomic import staged_dir, write_json
-from lggseg.core.config import PreprocessConfig
+from lggseg.core.config import DataConfig, PreprocessConfig
 from lggseg.core.diskspace import block_size, on_disk, require_free_space
 from lggseg.core.paths import SPLITS, Paths
+from lggseg.data.dataset_layouts import nifti_case_volumes, read_slice_pair
+from lggseg.data.imageio.base import FLAIR_CHANNEL  # channel order: pre-contrast, FLAIR, post-contrast
+from lggseg.data.layout import detect_layout
 from lggseg.data.provenance import NOT_RECORDED, recorded_source
 from lggseg.data.split import check_no_leak, slices_for
 
 log = logging.getLogger(__name__)
 
-FLAIR_CHANNEL = 1  # channel order of the data set: pre-contrast, FLAIR, post-contrast
 SPLIT_FILES = ("images.npy", "masks.npy", "slices.csv")
 
 
@@ -68,10 +70,15 @@ def flair_view(images: np.ndarray) -> np.ndarray:
 
 def preprocess_dataset(
     slices: pd.DataFrame, splits: dict, dataset_root: Path, out_dir: Path, cfg: PreprocessConfig, workers: int = 4,
+    data: DataConfig | None = None,
 ) -> dict:
-    """Write `out_dir/<split>/{images.npy, masks.npy, slices.csv}` and `out_dir/manifest.json` atomically."""
+    """Write `out_dir/<split>/{images.npy, masks.npy, slices.csv}` and `out_dir/manifest.json` atomically.
+    `data` says the data set's layout (data.layout, data.nifti); default: the Kaggle layout."""
+    data = data or DataConfig(layout="kaggle")
+    layout = detect_layout(dataset_root, data.layout)
     check_no_leak({name: splits[name] for name in SPLITS})
-    manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "splits": {},
+    manifest: dict = {"size": cfg.size, "channels": cfg.channels, "in_channels": cfg.in_channels, "layout": layout,
+                      "splits": {},
                       "data_source": recorded_source(dataset_root) or NOT_RECORDED}  # what training records
     rows_of = {name: slices_for(slices, splits[name]) for name in SPLITS}
     # the arrays are memory maps: a page written to a full disk kills the process (SIGBUS), so the space
@@ -82,7 +89,7 @@ def preprocess_dataset(
     with staged_dir(out_dir) as staging:
         for name in SPLITS:
             rows = rows_of[name]
-            manifest["splits"][name] = _write_split(rows, dataset_root, staging / name, cfg, workers)
+            manifest["splits"][name] = _write_split(rows, dataset_root, staging / name, cfg, workers, layout, data)
         manifest["fingerprint"] = hashlib.sha256(
             "".join(manifest["splits"][n]["sha256"] for n in SPLITS).encode()
         ).hexdigest()[:16]
@@ -120,7 +127,8 @@ def _reserved_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
     return array
 
 
-def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: PreprocessConfig, workers: int) -> dict:
+def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: PreprocessConfig, workers: int,
+                 layout: str, data: DataConfig) -> dict:
     split_dir.mkdir(parents=True)
     n, size, c = len(rows), cfg.size, cfg.in_channels
     images = _reserved_array(split_dir / "images.npy", (n, size, size, c))
@@ -128,11 +136,27 @@ def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: P
 
     def load(i: int) -> None:
         row = rows.iloc[i]
-        images[i] = prepare_image(tifffile.imread(dataset_root / row["image_path"]), size, cfg.channels)
-        masks[i] = prepare_mask(tifffile.imread(dataset_root / row["mask_path"]), size)
+        if layout == "slices":
+            image, mask = read_slice_pair(dataset_root, row)
+        else:
+            image, mask = tifffile.imread(dataset_root / row["image_path"]), tifffile.imread(dataset_root / row["mask_path"])
+        images[i] = prepare_image(image, size, cfg.channels)
+        masks[i] = prepare_mask(mask, size)
+
+    def load_case(case: str) -> None:  # a NIfTI case is read once for all its slices
+        volume = cases[case].read(data.nifti.lesion_labels)
+        assert volume.masks is not None
+        for i in np.flatnonzero(rows["patient_id"].to_numpy() == case):
+            k = int(rows.iloc[i]["slice"]) - 1
+            images[i] = prepare_image(volume.images[k], size, cfg.channels)
+            masks[i] = prepare_mask(volume.masks[k], size)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(load, range(n)))
+        if layout == "nifti":
+            cases = nifti_case_volumes(dataset_root, data)
+            list(pool.map(load_case, rows["patient_id"].unique()))
+        else:
+            list(pool.map(load, range(n)))
     digest = hashlib.sha256()
     for array in (images, masks):
         array.flush()

@@ -1,5 +1,6 @@
-"""New scans to segment (`lggseg predict`): one slice, one patient folder, or a folder of patient folders,
-in the data set's naming (`<case>_<n>.tif`, optional `<case>_<n>_mask.tif` beside each image).
+"""New scans to segment (`lggseg predict`): tif slices in the data set's naming (one slice, one patient
+folder, or a folder of patient folders: `<case>_<n>.tif`, optional `<case>_<n>_mask.tif` beside each image),
+or volumes: a NIfTI file, a folder of NIfTI cases, or a DICOM folder (read by lggseg.data.imageio).
 
 Everything is checked as it is read and a problem names its file: unreadable or truncated TIFFs,
 images that are not H x W x 3 uint8 (H x W grayscale is read as FLAIR, for FLAIR-only models), headers
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from lggseg.data import tiff_guard
-from lggseg.data.preprocess import FLAIR_CHANNEL
+from lggseg.data.imageio import dicom, nifti
+from lggseg.data.imageio.base import FLAIR_CHANNEL, ImageFormatError, Volume
+from lggseg.data.imageio.cases import NiftiCase, nifti_cases_in, single_file_case
 
 TIF_SUFFIXES = (".tif", ".tiff")
 MASK_RE = re.compile(r"_mask$", re.IGNORECASE)
@@ -52,15 +55,33 @@ class PatientScan:
         return [s.number if s.number is not None else i + 1 for i, s in enumerate(self.slices)]
 
 
+@dataclass(frozen=True)
+class VolumeScan:
+    """A case given as a volume: NIfTI files (`nifti_case`) or a DICOM folder (`series` picks FLAIR)."""
+
+    case: str
+    folder: Path  # the file or folder the case was read from
+    format: str  # "nifti" | "dicom"
+    nifti_case: NiftiCase | None = None
+    series: str | None = None
+
+
+Scan = PatientScan | VolumeScan
+
+
 @dataclass
 class PatientImages:
     """A patient's slices as read, in slice order: (H, W, 3) uint8 images (sizes may differ)."""
 
     images: list[np.ndarray]
     masks: list[np.ndarray] | None  # {0, 1} uint8 per slice; None when Dice cannot be computed
-    sha256: list[str]
+    sha256: list[str | None]  # of each slice's file (None for a volume's slices: see `files`)
+    slice_numbers: list[int]
+    slice_names: list[str]  # what each slice is called in report.json
     notes: list[str] = field(default_factory=list)
     grayscale: bool = False
+    volume: Volume | None = None  # NIfTI / DICOM input: its geometry, for the mask writer
+    files: dict[str, str] = field(default_factory=dict)  # a volume's source files -> sha256
 
 
 def is_image_file(path: Path) -> bool:
@@ -78,13 +99,18 @@ def input_tree(input_path: Path) -> Path:
     return (input_path.parent if input_path.is_file() else input_path).resolve()
 
 
-def find_patients(input_path: Path) -> tuple[list[PatientScan], bool]:
-    """(patients, whether INPUT is a folder of patient folders). INPUT: one slice .tif, one patient
-    folder, or a folder holding patient folders (the whole kaggle_3m/ works)."""
+def find_patients(input_path: Path, series: str | None = None) -> tuple[list[Scan], bool]:
+    """(patients, whether INPUT holds several). INPUT: one slice .tif, one patient folder, a folder holding
+    patient folders (the whole kaggle_3m/ works), a NIfTI file, a folder of NIfTI cases, or a DICOM folder."""
     input_path = Path(input_path)
     if not input_path.exists():
         raise ScanError(f"{input_path}: no such file or folder")
     tree = input_tree(input_path)
+    volumes = _find_volumes(input_path, series)
+    if volumes:
+        return volumes, len(volumes) > 1
+    if series is not None:
+        raise ScanError(f"{input_path}: --series is for DICOM folders, and this is none")
     if input_path.is_file():
         if not is_image_file(input_path):
             raise ScanError(f"{input_path}: not a slice image (expected <case>_<n>.tif, not a _mask.tif)")
@@ -93,11 +119,34 @@ def find_patients(input_path: Path) -> tuple[list[PatientScan], bool]:
     own = _patient_slices(input_path, tree)
     if own:
         return [PatientScan(input_path.name, input_path, own)], False
-    patients = [PatientScan(d.name, d, slices) for d in sorted(p for p in input_path.iterdir() if p.is_dir())
+    patients: list[Scan] = [PatientScan(d.name, d, slices) for d in sorted(p for p in input_path.iterdir() if p.is_dir())
                 if (slices := _patient_slices(d, tree))]
     if not patients:
         raise ScanError(f"{input_path}: no .tif slices in it or in its sub-folders (expected <case>_<n>.tif)")
     return patients, True
+
+
+def _find_volumes(input_path: Path, series: str | None) -> list[Scan]:
+    """NIfTI or DICOM input as cases, or [] when INPUT is tif slices."""
+    try:
+        if input_path.is_file():
+            if nifti.is_nifti_name(input_path):
+                case = single_file_case(input_path)
+                return [VolumeScan(case.case, input_path, "nifti", case)]
+            if dicom.is_dicom_file(input_path):
+                raise ScanError(f"{input_path}: one DICOM file; give the folder of its series")
+            return []
+        if any(is_image_name(p) for p in input_path.iterdir()):
+            return []
+        cases = nifti_cases_in(input_path)
+        if cases:
+            return [VolumeScan(c.case, input_path, "nifti", c) for c in cases]
+        if not any(p.is_dir() and any(is_image_name(f) for f in p.iterdir()) for p in input_path.iterdir()) \
+                and dicom.dicom_files(input_path):
+            return [VolumeScan(input_path.resolve().name, input_path, "dicom", series=series)]
+    except ImageFormatError as exc:
+        raise ScanError(str(exc)) from None
+    return []
 
 
 def _patient_slices(folder: Path, tree: Path) -> tuple[ScanSlice, ...]:
@@ -202,7 +251,33 @@ def read_patient(scan: PatientScan, flair_only: bool) -> PatientImages:
         notes.append("grayscale input read as the FLAIR channel")
     if mask_problem and mask_problem != "no ground-truth masks":
         notes.append(mask_problem)
-    return PatientImages(images, None if mask_problem else masks, hashes, notes, grayscale)
+    return PatientImages(images, None if mask_problem else masks, list(hashes), scan.slice_numbers,
+                         [s.image.name for s in scan.slices], notes, grayscale)
+
+
+def read_scan(scan: Scan, flair_only: bool) -> PatientImages:
+    """Any case predict was given, read and checked (`read_patient` for tif slices)."""
+    if isinstance(scan, PatientScan):
+        return read_patient(scan, flair_only)
+    try:
+        if scan.nifti_case is not None:
+            volume = scan.nifti_case.read()
+        else:
+            volume = dicom.read_series_folder(scan.folder, scan.case, scan.series)
+    except ImageFormatError as exc:
+        raise ScanError(str(exc)) from None
+    geometry = volume.geometry
+    notes = list(geometry.notes)
+    copied = [role for role, source in geometry.channels.items() if "copied" in source]
+    if copied and not flair_only:
+        notes.append(f"no {' or '.join(copied)} image: the FLAIR was copied into that channel, as the data set did "
+                     "for its patients without one (the model saw few such patients: expect a lower Dice)")
+    files = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in geometry.source}
+    numbers = list(range(1, len(volume.images) + 1))
+    name = Path(geometry.source[0]).name if scan.format == "nifti" else f"series {geometry.identifiers['SeriesNumber']}"
+    return PatientImages(list(volume.images), None if volume.masks is None else list(volume.masks),
+                         [None] * len(numbers), numbers, [f"{name}, axial slice {n}" for n in numbers], notes,
+                         volume=volume, files=files)
 
 
 def _check_patient_size(scan: PatientScan, decoded_bytes: int) -> None:

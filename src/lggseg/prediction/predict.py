@@ -30,9 +30,10 @@ from tqdm import tqdm
 from lggseg import __version__
 from lggseg.core.atomic import staged_dir, write_json
 from lggseg.core.config import MlflowConfig
+from lggseg.data.imageio import nifti
 from lggseg.data.preprocess import flair_view, prepare_image
 from lggseg.data.provenance import describe_training_data, input_source, provenance_warnings
-from lggseg.data.scans import PatientImages, PatientScan, find_patients, input_tree, read_patient
+from lggseg.data.scans import PatientImages, PatientScan, Scan, VolumeScan, find_patients, input_tree, read_scan
 from lggseg.metrics.segmentation import SliceCountAccumulator, largest_component_3d, patient_table, slice_dice
 from lggseg.model.checkpoint import load_checkpoint
 from lggseg.model.devices import Runtime, inference_runtime
@@ -70,7 +71,7 @@ class LoadedModel:
 
 @dataclass
 class PatientPrediction:
-    scan: PatientScan
+    scan: Scan
     inputs: PatientImages
     pred: list[np.ndarray]  # (H, W) uint8 {0, 1} per slice, at input size
     probabilities: list[np.ndarray]  # (H, W) float32 per slice, at input size
@@ -145,7 +146,7 @@ def _ready(network: torch.nn.Module, settings: InferenceSettings, runtime: Runti
     return LoadedModel(prepare_for_inference(network, runtime), settings, runtime, info)
 
 
-def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages, batch_size: int) -> tuple[list, list, float]:
+def segment_patient(model: LoadedModel, scan: Scan, inputs: PatientImages, batch_size: int) -> tuple[list, list, float]:
     """(masks {0, 1}, probabilities, seconds): slices prepared as in training, thresholded and post-processed
     at the model's size as evaluation does, then brought back to each slice's own size. What the
     post-processing removed is noted in `inputs.notes`."""
@@ -156,7 +157,7 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
     pred = (probs > model.settings.threshold).astype(np.uint8)
     if model.settings.largest_component:
         kept = largest_component_3d(pred)
-        removed = [str(n) for i, n in enumerate(scan.slice_numbers) if (pred[i] != kept[i]).any()]
+        removed = [str(n) for i, n in enumerate(inputs.slice_numbers) if (pred[i] != kept[i]).any()]
         if removed:
             inputs.notes.append(f"keeping only the largest 3-D tumour component (chosen on the val patients) removed "
                                 f"smaller regions above the threshold on slice(s) {', '.join(removed)}")
@@ -170,15 +171,19 @@ def segment_patient(model: LoadedModel, scan: PatientScan, inputs: PatientImages
     return masks, maps, time.perf_counter() - started
 
 
-def patient_report(model: LoadedModel, scan: PatientScan, inputs: PatientImages, pred: list[np.ndarray],
+def patient_report(model: LoadedModel, scan: Scan, inputs: PatientImages, pred: list[np.ndarray],
                    probabilities: list[np.ndarray], seconds: float, spacing: tuple[float, float, float] | None,
                    warnings: Sequence[str] = ()) -> dict:
     """The report.json of one patient; Dice (per slice and per patient) by the project's metric code."""
-    numbers = scan.slice_numbers
+    numbers = inputs.slice_numbers
     areas = [int(mask.sum()) for mask in pred]
-    slices = [{"slice": n, "image": s.image.name, "sha256": digest, "mask": f"{s.image.stem}_mask.tif",
+    if inputs.volume is not None:  # the header's voxel size: (columns, rows, slices) as --spacing DX DY DZ
+        spacing = tuple(reversed(inputs.volume.geometry.spacing))  # type: ignore[assignment]
+    mask_names = mask_files(scan, inputs)
+    slices = [{"slice": n, "image": name, "sha256": digest, "mask": mask,
                "tumor_probability": float(prob.max()), "predicted_pixels": area, "true_pixels": None, "dice": None}
-              for n, s, digest, prob, area in zip(numbers, scan.slices, inputs.sha256, probabilities, areas)]
+              for n, name, digest, mask, prob, area in zip(numbers, inputs.slice_names, inputs.sha256, mask_names,
+                                                           probabilities, areas)]
     patient = {"tumor_positive_slices": int(sum(a > 0 for a in areas)), "volume_voxels": int(sum(areas)),
                "volume_mm3": float(sum(areas) * np.prod(spacing)) if spacing else None,
                "largest_tumor_slice": numbers[int(np.argmax(areas))] if any(areas) else None,
@@ -202,9 +207,11 @@ def patient_report(model: LoadedModel, scan: PatientScan, inputs: PatientImages,
         "lggseg_version": __version__, "case": scan.case, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model.info,
         "runtime": {"device": model.runtime.name, "precision": _precision(model.runtime), "seconds": round(seconds, 3)},
-        "input": {"path": str(scan.folder if len(scan.slices) > 1 else scan.slices[0].image), "slices": len(slices),
+        "input": {"path": str(input_path(scan)), "format": "tif" if inputs.volume is None else inputs.volume.geometry.format,
+                  "slices": len(slices),
                   "image_size": list(shapes[0]) if len(shapes) == 1 else [list(s) for s in shapes],
-                  "grayscale": inputs.grayscale, "spacing_mm": list(spacing) if spacing else None},
+                  "grayscale": inputs.grayscale, "spacing_mm": list(spacing) if spacing else None,
+                  **({"geometry": inputs.volume.geometry.record(), "files": inputs.files} if inputs.volume else {})},
         "patient": patient, "slices": slices, "notes": inputs.notes, "warnings": list(warnings), "disclaimer": DISCLAIMER,
     }
 
@@ -213,13 +220,37 @@ def _precision(runtime: Runtime) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(runtime.amp_dtype, str(runtime.amp_dtype))
 
 
+def input_path(scan: Scan) -> Path:
+    if isinstance(scan, PatientScan) and len(scan.slices) == 1:
+        return scan.slices[0].image
+    return scan.folder
+
+
+def mask_files(scan: Scan, inputs: PatientImages) -> list[str]:
+    """The file each slice's mask is written to."""
+    if inputs.volume is not None:
+        return [f"{scan.case}_mask.nii.gz"] * len(inputs.images)
+    assert isinstance(scan, PatientScan)
+    return [f"{item.image.stem}_mask.tif" for item in scan.slices]
+
+
 def write_patient(folder: Path, prediction: PatientPrediction, probabilities: bool) -> None:
-    """Masks named like the data set's (`<case>_<n>_mask.tif`, uint8 0/255), report.json, report.html."""
+    """Masks: for tif input named like the data set's (`<case>_<n>_mask.tif`, uint8 0/255); for NIfTI and
+    DICOM input `<case>_mask.nii.gz` (uint8 0/1) in the input's voxel grid, affine and header. Then
+    report.json and report.html."""
     folder.mkdir(parents=True)
-    for item, mask, prob in zip(prediction.scan.slices, prediction.pred, prediction.probabilities):
-        tifffile.imwrite(folder / f"{item.image.stem}_mask.tif", mask * np.uint8(255))
+    volume = prediction.inputs.volume
+    if volume is not None:
+        nifti.write_mask(folder / f"{prediction.scan.case}_mask.nii.gz", np.stack(prediction.pred), volume.geometry)
         if probabilities:
-            tifffile.imwrite(folder / f"{item.image.stem}_prob.tif", prob.astype(np.float32))
+            nifti.write_mask(folder / f"{prediction.scan.case}_prob.nii.gz", np.stack(prediction.probabilities),
+                             volume.geometry, dtype=np.float32)
+    else:
+        assert isinstance(prediction.scan, PatientScan)
+        for item, mask, prob in zip(prediction.scan.slices, prediction.pred, prediction.probabilities):
+            tifffile.imwrite(folder / f"{item.image.stem}_mask.tif", mask * np.uint8(255))
+            if probabilities:
+                tifffile.imwrite(folder / f"{item.image.stem}_prob.tif", prob.astype(np.float32))
     write_json(folder / "report.json", prediction.report)  # strict JSON: NaN or inf would be null
     flair = flair_view(np.stack(prediction.inputs.images)) if _same_size(prediction.inputs.images) else None
     if flair is None:  # slices of different sizes: show each at the first slice's size
@@ -249,13 +280,16 @@ def summary_row(report: dict) -> dict:
 def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root: Path = Path("."),
             mlflow: MlflowConfig | None = None, overwrite: bool = False, probabilities: bool = False,
             device: str = "auto", precision: str = "auto", batch_size: int | None = None,
-            spacing: tuple[float, float, float] | None = None) -> pd.DataFrame:
+            spacing: tuple[float, float, float] | None = None, series: str | None = None) -> pd.DataFrame:
     """Segment every patient under `input_path` into `out_dir` (written as a whole, or not at all);
     returns the summary table (one row per patient)."""
     check_spacing(spacing)
     out_dir = Path(out_dir)
     check_output_apart_from_input(Path(input_path), out_dir)
-    patients, many = find_patients(Path(input_path))
+    patients, many = find_patients(Path(input_path), series)
+    if spacing is not None and any(isinstance(p, VolumeScan) for p in patients):
+        raise ValueError(f"--spacing: {input_path} is NIfTI or DICOM, whose header gives the voxel size; "
+                         "--spacing is for tif slices")
     check_output_replaceable(out_dir, overwrite)
     runtime = inference_runtime(device, precision)
     loaded = load_model(model, Path(root), mlflow or MlflowConfig(), runtime)
@@ -270,7 +304,7 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
     # the folder a link points at is the one replaced; the link stays valid
     with staged_dir(out_dir.resolve()) as staging:
         for scan in tqdm(patients, desc="patients", unit="patient", disable=not many or None, file=sys.stderr):
-            inputs = read_patient(scan, flair_only)
+            inputs = read_scan(scan, flair_only)
             for note in inputs.notes:
                 log.warning("%s: %s", scan.case, note)
             pred, maps, seconds = segment_patient(loaded, scan, inputs, batch_size)
@@ -284,6 +318,14 @@ def predict(input_path: Path, out_dir: Path, model: str = DEFAULT_MODEL, *, root
         write_json(staging / OUTPUT_MARKER, output_marker(Path(input_path), model, summary))
         check_output_replaceable(out_dir, overwrite)  # again: the folder may have changed during the run
     return summary
+
+
+def default_output_name(input_path: Path) -> str:
+    """predictions/<this>: the input's name without its extension (`.nii.gz` as one)."""
+    input_path = Path(input_path)
+    if input_path.is_file():
+        return nifti.stem(input_path) if nifti.is_nifti_name(input_path) else input_path.stem
+    return input_path.resolve().name
 
 
 def check_spacing(spacing: tuple[float, ...] | None) -> None:
