@@ -31,6 +31,12 @@ BAD_VALUES = [
     ("data.source=ftp", "data.source must be one of auto, kaggle, local, synthetic; got 'ftp'"),
     ("data.local_path=3", "data.local_path must be a non-empty string; got 3"),
     ("data.kaggle_dataset=''", "data.kaggle_dataset must be a non-empty string; got ''"),
+    ("data.layout=zip", "data.layout must be one of auto, kaggle, slices, nifti; got 'zip'"),
+    ("data.slices.patient_pattern='^(?P<patient>.+)$'",
+     "data.slices.patient_pattern must name the groups (?P<patient>...) and (?P<slice>...)"),
+    ("data.slices.patients_csv=''", "data.slices.patients_csv must be a non-empty string; got ''"),
+    ("data.nifti.lesion_labels=[0]", "data.nifti.lesion_labels must be a non-empty list of labels >= 1 (0 is "
+     "background), or null for every label > 0; got [0]"),
     ("data.index.strict=maybe", "data.index.strict must be true or false; got 'maybe'"),
     ("data.synthetic.patients=0", "data.synthetic.patients must be >= 1; got 0"),
     ("data.synthetic.slices_min=0", "data.synthetic.slices_min must be >= 1; got 0"),

@@ -6,6 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,3 +116,39 @@ def test_exp_run_whole_pipeline_then_changed_params_add_versions(dvc_repo):
     assert len(client.search_model_versions("name='lgg-synthetic-segmentation'")) == 2
     latest = client.get_model_version_by_alias("lgg-synthetic-unet", "candidate")
     assert latest.tags["git_dirty"] == "false", latest.tags.get("git_dirty_files")  # --temp: in a copy, the same
+
+
+@pytest.mark.parametrize("layout", ["slices", "nifti"])
+def test_repro_whole_pipeline_on_your_own_data_layout(dvc_repo, tmp_path, layout):
+    """`dvc repro` on a data set in the images/ + masks/ layout or the NIfTI-cases layout, as a user with
+    their own data sets it up (data.source: local, data.local_path: the folder); then predict on NIfTI."""
+    from lggseg.data.synthetic_layouts import generate_layout
+
+    tree = generate_layout(tmp_path / "own", layout, patients=9, slices_min=12, slices_max=14, seed=5)
+    settings = [s for s in TINY if not s.startswith("data.")] + [
+        "data.source=local", f"data.local_path={tree}", "train.epochs=3", "model.architectures=[unet]"]
+    set_params(dvc_repo, *settings)
+    _run(["dvc", "repro"], dvc_repo)
+    slices = pd.read_csv(dvc_repo / "data/interim/slices.csv")
+    assert slices["patient_id"].nunique() == 9 and slices["has_tumor"].any()
+    _check_split_and_processed(dvc_repo, 9)
+    splits = json.loads((dvc_repo / "data/interim/splits.json").read_text())
+    owners = {p: s for s in ("train", "val", "test") for p in splits[s]}
+    assert len(owners) == 9 and all(len(splits[s]) >= 1 for s in ("train", "val", "test"))  # patient-wise
+    metrics = json.loads((dvc_repo / "reports/arch/unet/metrics.json").read_text())
+    assert metrics["n_patients"] == len(splits["test"]) and 0 <= metrics["dice_patient_mean"] <= 1
+    assert json.loads((dvc_repo / "data/processed/manifest.json").read_text())["layout"] == layout
+    assert "up to date" in _run(["dvc", "status"], dvc_repo).stdout
+    if layout == "nifti":  # the champion on the test cases' NIfTI files: masks in their grid
+        import nibabel as nib
+
+        case = splits["test"][0]
+        out = tmp_path / "predicted"
+        _run(["lggseg", "predict", str(tree / "imagesTr"), "--model", "models:/lgg-synthetic-segmentation@champion",
+              "--out", str(out)], dvc_repo)
+        mask = nib.load(out / case / f"{case}_mask.nii.gz")
+        source = nib.load(tree / "imagesTr" / f"{case}_0001.nii.gz")
+        assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
+        report = json.loads((out / case / "report.json").read_text())
+        assert report["input"]["geometry"]["channels"]["FLAIR"].endswith(f"{case}_0001.nii.gz")
+        assert len(list(out.iterdir())) == 9 + 3  # every case, summary.csv, index.html, the marker

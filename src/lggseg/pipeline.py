@@ -15,7 +15,8 @@ from lggseg.core.atomic import write_csv, write_json
 from lggseg.core.config import Config, ConfigError
 from lggseg.core.paths import SPLITS, Paths
 from lggseg.data.acquire import acquire
-from lggseg.data.layout import build_index
+from lggseg.data.dataset_layouts import index_dataset
+from lggseg.data.layout import detect_layout
 from lggseg.data.preprocess import preprocess_dataset
 from lggseg.data.split import make_splits, split_summary
 
@@ -24,12 +25,13 @@ log = logging.getLogger(__name__)
 
 def download(cfg: Config, paths: Paths) -> None:
     dataset = acquire(cfg.data, paths.dataset, paths.default_archive)
-    patients = sum(1 for p in dataset.iterdir() if p.is_dir())
-    print(f"data set ready: {dataset} ({patients} patient folders)")
+    layout = detect_layout(dataset)
+    what = f"{sum(1 for p in dataset.iterdir() if p.is_dir())} patient folders" if layout == "kaggle" else f"{layout} layout"
+    print(f"data set ready: {dataset} ({what})")
 
 
 def index(cfg: Config, paths: Paths) -> None:
-    slices, dropped = build_index(paths.dataset, strict=cfg.data.index.strict)
+    slices, dropped = index_dataset(paths.dataset, cfg.data)
     write_csv(paths.slices_csv, slices)
     write_csv(paths.dropped_csv, dropped)
     print(f"indexed {len(slices)} slices of {slices['patient_id'].nunique()} patients "
@@ -59,7 +61,8 @@ def split(cfg: Config, paths: Paths) -> None:
 
 
 def preprocess(cfg: Config, paths: Paths) -> None:
-    manifest = preprocess_dataset(read_slices(paths), read_splits(paths), paths.dataset, paths.processed, cfg.preprocess)
+    manifest = preprocess_dataset(read_slices(paths), read_splits(paths), paths.dataset, paths.processed, cfg.preprocess,
+                                  data=cfg.data)
     counts = ", ".join(f"{s} {manifest['splits'][s]['slices']}" for s in SPLITS)
     print(f"preprocessed to {cfg.preprocess.size}x{cfg.preprocess.size}x{manifest['in_channels']} uint8 ({counts}) "
           f"-> {paths.processed}")

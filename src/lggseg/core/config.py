@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import subprocess
 import types
 import typing
@@ -104,10 +105,44 @@ class IndexConfig(Section):
     strict: bool = True
 
 
+class SlicesLayoutConfig(Section):
+    """data.layout slices: `images/` + `masks/` of 2-D slices; which patient each slice belongs to."""
+
+    patient_pattern: Text = r"^(?P<patient>.+)_(?P<slice>\d+)$"
+    patients_csv: Text | None = None
+
+    @model_validator(mode="after")
+    def _pattern_names_patient_and_slice(self) -> SlicesLayoutConfig:
+        try:
+            groups = re.compile(self.patient_pattern).groupindex
+        except re.error as exc:
+            raise ValueError(f"data.slices.patient_pattern is not a regular expression: {exc}") from None
+        if not {"patient", "slice"} <= set(groups):
+            raise ValueError("data.slices.patient_pattern must name the groups (?P<patient>...) and (?P<slice>...); "
+                             f"got {self.patient_pattern!r}")
+        return self
+
+
+class NiftiLayoutConfig(Section):
+    """data.layout nifti: which labels of labelsTr/ are the lesion (null: every label > 0)."""
+
+    lesion_labels: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _labels_are_lesion_values(self) -> NiftiLayoutConfig:
+        if self.lesion_labels is not None and (not self.lesion_labels or min(self.lesion_labels) < 1):
+            raise ValueError("data.nifti.lesion_labels must be a non-empty list of labels >= 1 (0 is background), "
+                             f"or null for every label > 0; got {self.lesion_labels}")
+        return self
+
+
 class DataConfig(Section):
     source: Literal["auto", "kaggle", "local", "synthetic"] = "auto"
     local_path: Text | None = None
     kaggle_dataset: Text = "mateuszbuda/lgg-mri-segmentation"
+    layout: Literal["auto", "kaggle", "slices", "nifti"] = "auto"
+    slices: SlicesLayoutConfig = SlicesLayoutConfig()
+    nifti: NiftiLayoutConfig = NiftiLayoutConfig()
     index: IndexConfig = IndexConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
 

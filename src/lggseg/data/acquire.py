@@ -19,7 +19,7 @@ from lggseg.core.atomic import staged_dir
 from lggseg.core.config import DataConfig
 from lggseg.core.diskspace import DiskSpaceError, block_size, is_disk_full, on_disk, require_free_space, size_text
 from lggseg.data import synthetic
-from lggseg.data.layout import is_patient_folder_name
+from lggseg.data.layout import detect_layout, is_patient_folder_name
 from lggseg.data.provenance import SYNTHETIC, recorded_source, write_source_record
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,15 @@ def _is_zip_archive(path: Path) -> bool:
 
 def find_dataset_tree(folder: Path) -> Path:
     """The kaggle_3m folder inside `folder` (or `folder` itself); the archive's second copy is ignored."""
+    if own_layout(folder):
+        return folder  # your own data: images/ + masks/, or NIfTI cases (lggseg.data.dataset_layouts)
     for candidate in (folder, folder / DATASET_DIRNAME, folder / "lgg-mri-segmentation" / DATASET_DIRNAME):
         if candidate.name == DATASET_DIRNAME and candidate.is_dir():
             return candidate
     if any(p.is_dir() and is_patient_folder_name(p.name) for p in folder.iterdir()):
         return folder  # a renamed copy of kaggle_3m (e.g. the shared real sample)
-    raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* (or SYNTH_*) patient folders inside")
+    raise DataSourceError(f"{folder}: no {DATASET_DIRNAME}/ folder with TCGA_* (or SYNTH_*) patient folders inside, "
+                          "nor images/ + masks/, nor dataset.json + imagesTr/ + labelsTr/ (docs/own-data.md)")
 
 
 def extract_dataset_zip(archive: Path, target: Path) -> str:
@@ -278,12 +281,25 @@ def check_dataset_tree(tree: Path, origin: str | None = None, inner: str = "") -
     `origin` names the tree in messages (the archive or folder the user gave, never the staging folder);
     `inner` is the tree's path inside an archive, e.g. 'kaggle_3m/'."""
     where = origin or str(tree)
+    layout = own_layout(tree)
+    if layout:
+        needed = ("images", "masks") if layout == "slices" else ("dataset.json", "imagesTr", "labelsTr")
+        missing = [name for name in needed if not (tree / name).exists()]
+        if missing:
+            raise DataSourceError(f"{where}: {', '.join(missing)} missing for the {layout} layout")
+        return
     patients = [p for p in tree.iterdir() if p.is_dir() and is_patient_folder_name(p.name)]
     if not patients:
         raise DataSourceError(f"{where}: no TCGA_* (or SYNTH_*) patient folders{f' in {inner}' if inner else ''}; "
                               "not an LGG data set")
     if not (tree / "data.csv").is_file():
         raise DataSourceError(f"{where}: {inner}data.csv is missing")
+
+
+def own_layout(tree: Path) -> str | None:
+    """'slices' or 'nifti' when `tree` holds your own data in one of those layouts, else None."""
+    layout = detect_layout(tree)
+    return None if layout == "kaggle" else layout
 
 
 def _move_contents(source: Path, target: Path) -> None:

@@ -44,6 +44,19 @@ class Problem:
     detail: str
 
 
+def detect_layout(root: Path, configured: str = "auto") -> str:
+    """`configured`, checked against the tree, or the layout the tree has."""
+    root = Path(root)
+    found = ("nifti" if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()
+             else "slices" if (root / "images").is_dir() and (root / "masks").is_dir() else "kaggle")
+    if configured not in ("auto", found):
+        markers = {"nifti": "dataset.json, imagesTr/ and labelsTr/", "slices": "images/ and masks/",
+                   "kaggle": "patient folders and data.csv"}
+        raise DatasetError(f"{root}: data.layout is {configured}, but the folder has no {markers[configured]} "
+                           f"(it looks like the {found} layout; set data.layout: auto or {found})")
+    return found
+
+
 def parse_patient_id(patient_id: str) -> tuple[str, str]:
     """`TCGA_CS_4941_19960909` -> (`TCGA_CS_4941`, `CS`); `SYNTH_CS_4941_19960909` -> (`SYNTH_CS_4941`, `CS`)."""
     match = PATIENT_RE.match(patient_id)
@@ -86,12 +99,12 @@ def build_index(root: Path, strict: bool = True) -> tuple[pd.DataFrame, pd.DataF
     candidates: list[dict] = []
     for patient_dir in patient_dirs:
         candidates.extend(_pair_slices(root, patient_dir, problems))
-    _raise_or_keep(problems, strict, stage="layout")
+    raise_or_keep(problems, strict, stage="layout")
 
     checked = _check_files(root, candidates)
     file_problems = [p for row in checked for p in row.pop("problems")]
     problems.extend(file_problems)
-    _raise_or_keep(file_problems, strict, stage="files")
+    raise_or_keep(file_problems, strict, stage="files")
     bad_paths = {p.path for p in problems}
     rows = [r for r in checked if r["image_path"] not in bad_paths and r["mask_path"] not in bad_paths]
     if not rows:
@@ -185,7 +198,7 @@ def _read(path: Path, rel: str, problems: list[Problem]) -> np.ndarray | None:
         return None
 
 
-def _raise_or_keep(problems: list[Problem], strict: bool, stage: str) -> None:
+def raise_or_keep(problems: list[Problem], strict: bool, stage: str) -> None:
     if not problems or not strict:
         for p in problems:
             log.warning("dropping %s: %s (%s)", p.path, p.kind, p.detail)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def generate_dataset(out_dir: Path, *, patients: int, slices_min: int, slices_ma
     # what training records as its data source and `lggseg predict` checks its input against
     write_source_record(root, SYNTHETIC, generator="lggseg.data.synthetic", seed=seed, patients=patients)
     return root
+
+
+def synthetic_patients(*, patients: int, slices_min: int, slices_max: int,
+                       seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(case_id, images (S, 256, 256, 3) uint8, masks (S, 256, 256) 0/255) of each patient `generate_dataset`
+    writes with the same arguments, slice 1 first; for the other layouts (lggseg.data.synthetic_layouts)."""
+    _check_arguments(patients, slices_min, slices_max, seed)  # now, not at the first patient
+    cohort_seed, _, patients_seed = np.random.SeedSequence(seed).spawn(3)
+    cohort = _draw_cohort(patients, slices_min, slices_max, cohort_seed, patients_seed)
+    return ((p.case_id, *_patient_volume(p.slices, np.random.default_rng(p.seed))) for p in cohort)
 
 
 def write_kaggle_zip(kaggle_3m_dir: Path, zip_path: Path) -> Path:
