@@ -64,7 +64,14 @@ predict-demo: install
 	@lggseg synth predictions/demo-scans --patients 3 --seed 7 >/dev/null
 	lggseg predict predictions/demo-scans/kaggle_3m --model models:/lgg-synthetic-segmentation@champion \
 		--out predictions/demo --overwrite
-	@echo "Reports: predictions/demo/index.html (one report.html per patient)"
+	@lggseg synth predictions/demo-scans --layout nifti --patients 3 --seed 7 >/dev/null
+	lggseg predict predictions/demo-scans/synthetic_nifti/imagesTr --model models:/lgg-synthetic-segmentation@champion \
+		--out predictions/demo-nifti --overwrite
+	@lggseg synth predictions/demo-scans --layout dicom --patients 1 --seed 8 >/dev/null
+	lggseg predict predictions/demo-scans/synthetic_dicom/SYNTH_* --model models:/lgg-synthetic-segmentation@champion \
+		--out predictions/demo-dicom --overwrite
+	@echo "Reports: predictions/demo/index.html (tif), predictions/demo-nifti/index.html (NIfTI masks beside),"
+	@echo "         predictions/demo-dicom/*/report.html (the mask as NIfTI in the series' geometry)"
 
 exps: install  # `dvc exp show` at terminal width: per-patient Dice (%) per architecture, the params that differ
 	@lggseg exps

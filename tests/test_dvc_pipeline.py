@@ -136,7 +136,9 @@ def test_repro_whole_pipeline_on_your_own_data_layout(dvc_repo, tmp_path, layout
     owners = {p: s for s in ("train", "val", "test") for p in splits[s]}
     assert len(owners) == 9 and all(len(splits[s]) >= 1 for s in ("train", "val", "test"))  # patient-wise
     metrics = json.loads((dvc_repo / "reports/arch/unet/metrics.json").read_text())
-    assert metrics["n_patients"] == len(splits["test"]) and 0 <= metrics["dice_patient_mean"] <= 1
+    per_patient = pd.read_csv(dvc_repo / "reports/arch/unet/per_patient.csv")
+    assert sorted(per_patient["patient_id"]) == sorted(splits["test"])  # scored on the held-out patients only
+    assert metrics["dice_patient_mean"] == pytest.approx(per_patient["dice"].mean())
     assert json.loads((dvc_repo / "data/processed/manifest.json").read_text())["layout"] == layout
     assert "up to date" in _run(["dvc", "status"], dvc_repo).stdout
     if layout == "nifti":  # the champion on the test cases' NIfTI files: masks in their grid

@@ -124,6 +124,10 @@ def test_quick_start_in_order_on_a_fresh_clone_leaves_git_status_clean(tmp_path)
     assert result.returncode == 0, f"make predict-demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     summary = (clone / "predictions" / "demo" / "summary.csv").read_text().splitlines()
     assert len(summary) == 4 and (clone / "predictions" / "demo" / "index.html").is_file()
+    # the same champion on NIfTI cases and on a DICOM study: masks as NIfTI in each input's grid
+    assert len((clone / "predictions" / "demo-nifti" / "summary.csv").read_text().splitlines()) == 4
+    assert len(list((clone / "predictions" / "demo-nifti").glob("*/*_mask.nii.gz"))) == 3
+    assert len(list((clone / "predictions" / "demo-dicom").glob("*/*_mask.nii.gz"))) == 1
     assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout == ""
 
 

@@ -24,7 +24,7 @@ from lggseg.core.config import DataConfig
 from lggseg.data.imageio.base import ImageFormatError
 from lggseg.data.imageio.cases import NiftiCase, training_cases
 from lggseg.data.imageio.slices import SLICE_SUFFIXES, as_three_channels, is_slice_file, read_slice_file
-from lggseg.data.layout import INDEX_COLUMNS, DatasetError, Problem, build_index, detect_layout, raise_or_keep
+from lggseg.data.layout import DatasetError, Problem, build_index, detect_layout, raise_or_keep, valid_slices
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,7 @@ def index_dataset(root: Path, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFra
         return build_index(root, strict=strict)
     rows, problems = (_slices_rows(root, cfg) if layout == "slices" else _nifti_rows(root, cfg))
     raise_or_keep(problems, strict, stage="files")
-    bad = {p.path for p in problems}
-    rows = [r for r in rows if r["image_path"] not in bad and r["mask_path"] not in bad]
-    if not rows:
-        raise DatasetError(f"{root}: no valid slices left after validation")
-    slices = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values(["patient_id", "slice"], ignore_index=True)
-    dropped = pd.DataFrame([p.__dict__ for p in problems], columns=["kind", "path", "detail"])
+    slices, dropped = valid_slices(root, rows, problems)
     log.info("%s layout: %d slices of %d patients", layout, len(slices), slices["patient_id"].nunique())
     return slices, dropped
 

@@ -105,16 +105,20 @@ def build_index(root: Path, strict: bool = True) -> tuple[pd.DataFrame, pd.DataF
     file_problems = [p for row in checked for p in row.pop("problems")]
     problems.extend(file_problems)
     raise_or_keep(file_problems, strict, stage="files")
+    slices, dropped = valid_slices(root, checked, problems)
+    _warn_gaps(slices)
+    return join_clinical(slices, root / "data.csv", strict=strict), dropped
+
+
+def valid_slices(root: Path, rows: list[dict], problems: list[Problem]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(slices, dropped): the rows none of whose files has a problem, in patient and slice order, and the
+    problems as a table (kind, path, detail)."""
     bad_paths = {p.path for p in problems}
-    rows = [r for r in checked if r["image_path"] not in bad_paths and r["mask_path"] not in bad_paths]
+    rows = [r for r in rows if r["image_path"] not in bad_paths and r["mask_path"] not in bad_paths]
     if not rows:
         raise DatasetError(f"{root}: no valid slices left after validation")
-
     slices = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values(["patient_id", "slice"], ignore_index=True)
-    _warn_gaps(slices)
-    slices = join_clinical(slices, root / "data.csv", strict=strict)
-    dropped = pd.DataFrame([p.__dict__ for p in problems], columns=["kind", "path", "detail"])
-    return slices, dropped
+    return slices, pd.DataFrame([p.__dict__ for p in problems], columns=["kind", "path", "detail"])
 
 
 def _pair_slices(root: Path, patient_dir: Path, problems: list[Problem]) -> list[dict]:
