@@ -55,7 +55,7 @@ demo: install
 	@echo "  make mlflow-ui                   MLflow UI; prints the link to the runs sorted by test per-patient Dice"
 	@echo "  dvc plots diff demo              every plot and figure of the demo -> dvc_plots/index.html"
 	@echo "  dvc exp apply demo               the demo's outputs and params into the workspace, to browse reports/"
-	@echo "  make predict-demo                lggseg predict: the champion on 3 new synthetic patients"
+	@echo "  make predict-demo                lggseg predict: the champion on new synthetic tif, NIfTI and DICOM scans"
 
 # After `make demo`: `lggseg predict` with the demo's champion on new (synthetic) scans; predictions/ is
 # ignored by git. Models trained on synthetic data are registered as lgg-synthetic-*, apart from real ones
@@ -68,7 +68,7 @@ predict-demo: install
 	lggseg predict predictions/demo-scans/synthetic_nifti/imagesTr --model models:/lgg-synthetic-segmentation@champion \
 		--out predictions/demo-nifti --overwrite
 	@lggseg synth predictions/demo-scans --layout dicom --patients 1 --seed 8 >/dev/null
-	lggseg predict predictions/demo-scans/synthetic_dicom/SYNTH_* --model models:/lgg-synthetic-segmentation@champion \
+	lggseg predict predictions/demo-scans/synthetic_dicom/SYNTH_*/ --model models:/lgg-synthetic-segmentation@champion \
 		--out predictions/demo-dicom --overwrite
 	@echo "Reports: predictions/demo/index.html (tif), predictions/demo-nifti/index.html (NIfTI masks beside),"
 	@echo "         predictions/demo-dicom/*/report.html (the mask as NIfTI in the series' geometry)"

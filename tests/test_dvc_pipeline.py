@@ -153,4 +153,5 @@ def test_repro_whole_pipeline_on_your_own_data_layout(dvc_repo, tmp_path, layout
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
         report = json.loads((out / case / "report.json").read_text())
         assert report["input"]["geometry"]["channels"]["FLAIR"].endswith(f"{case}_0001.nii.gz")
+        assert report["patient"]["dice"] is not None  # labelsTr/<case>.nii.gz is the truth
         assert len(list(out.iterdir())) == 9 + 3  # every case, summary.csv, index.html, the marker

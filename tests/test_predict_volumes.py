@@ -158,6 +158,16 @@ def test_a_flair_only_volume_says_which_channels_were_copied(trained_project, re
     assert report["input"]["geometry"]["channels"]["pre-contrast"] == "FLAIR copied (missing)"
     assert any("the FLAIR was copied into that channel" in note for note in report["notes"])
     assert (tmp_path / "out" / "scan" / "scan_mask.nii.gz").is_file()
+    # a folder of case folders, as BraTS ships its cases
+    for case in ("BraTS_001", "BraTS_002"):
+        (tmp_path / "brats" / case).mkdir(parents=True)
+        nifti.write_volume(tmp_path / "brats" / case / f"{case}_flair.nii.gz", images[..., 1], SPACING)
+        nifti.write_volume(tmp_path / "brats" / case / f"{case}_t2.nii.gz", images[..., 0], SPACING)  # not used
+    code, err = predict_cli(capsys, str(tmp_path / "brats"), "--model", str(paths.model_dir("unet")),
+                            "--out", str(tmp_path / "brats-out"))
+    assert code == 0, err
+    summary = (tmp_path / "brats-out" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3 and summary[1].startswith("BraTS_001,")
 
 
 def _volume(tmp_path: Path, name: str, data: np.ndarray, affine: np.ndarray, codes: int = 1) -> Path:

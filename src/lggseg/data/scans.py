@@ -122,7 +122,8 @@ def find_patients(input_path: Path, series: str | None = None) -> tuple[list[Sca
     patients: list[Scan] = [PatientScan(d.name, d, slices) for d in sorted(p for p in input_path.iterdir() if p.is_dir())
                 if (slices := _patient_slices(d, tree))]
     if not patients:
-        raise ScanError(f"{input_path}: no .tif slices in it or in its sub-folders (expected <case>_<n>.tif)")
+        raise ScanError(f"{input_path}: no .tif slices in it or in its sub-folders (expected <case>_<n>.tif), no NIfTI "
+                        "files (.nii, .nii.gz) and no DICOM files in it")
     return patients, True
 
 
@@ -138,9 +139,10 @@ def _find_volumes(input_path: Path, series: str | None) -> list[Scan]:
             return []
         if any(is_image_name(p) for p in input_path.iterdir()):
             return []
-        cases = nifti_cases_in(input_path)
+        cases = nifti_cases_in(input_path) or [  # or a folder of case folders, as BraTS ships
+            case for folder in sorted(p for p in input_path.iterdir() if p.is_dir()) for case in nifti_cases_in(folder)]
         if cases:
-            return [VolumeScan(c.case, input_path, "nifti", c) for c in cases]
+            return [VolumeScan(c.case, c.channels["FLAIR"].parent, "nifti", c) for c in cases]
         if not any(p.is_dir() and any(is_image_name(f) for f in p.iterdir()) for p in input_path.iterdir()) \
                 and dicom.dicom_files(input_path):
             return [VolumeScan(input_path.resolve().name, input_path, "dicom", series=series)]

@@ -6,6 +6,7 @@ NIfTI files of one case, by name (case-insensitive, before `.nii.gz` / `.nii`):
 - nnU-Net's `<case>_0000`, `_0001`, ...: the channels a `dataset.json` beside (or one folder up) names in
   `channel_names` (or MSD's `modality`); without one, a lone `_0000` is FLAIR;
 - `<case>_seg` / `<case>_mask`: the ground truth (every label > 0 is lesion, unless lesion labels are given);
+  in nnU-Net's `imagesTr/`, `../labelsTr/<case>.nii.gz`;
 - any other single file: a FLAIR volume.
 
 The NIfTI-cases training layout is nnU-Net v2's / the Medical Segmentation Decathlon's raw layout:
@@ -117,7 +118,10 @@ def nifti_cases_in(folder: Path) -> list[NiftiCase]:
             continue
         else:
             _add(cases, stem, "FLAIR", path)
+    labels = Path(folder).parent / "labelsTr"  # nnU-Net's imagesTr/: the truth is in labelsTr/<case>.nii.gz
     for case in cases.values():
+        if case.truth is None and Path(folder).name == "imagesTr" and (labels / f"{case.case}.nii.gz").is_file():
+            case.truth = labels / f"{case.case}.nii.gz"
         if "FLAIR" not in case.channels:
             raise ImageFormatError(f"{folder}: case {case.case} has no FLAIR image (files "
                                    f"{', '.join(p.name for p in case.files)}); name it <case>_flair.nii.gz")
