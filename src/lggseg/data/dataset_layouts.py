@@ -72,16 +72,12 @@ def _slices_rows(root: Path, cfg: DataConfig) -> tuple[list[dict], list[Problem]
         if isinstance(where, str):
             problems.append(Problem("unknown_patient", rel, where))
             continue
-        if where in seen:
+        if where[:2] in seen:
             problems.append(Problem("duplicate_slice_number", rel, f"patient {where[0]} slice {where[1]} again "
-                                                                   f"(also {seen[where]})"))
+                                                                   f"(also {seen[where[:2]]})"))
             continue
-        seen[where] = rel
-        institution = NO_INSTITUTION
-        match = pattern.match(image.stem)
-        if owner is None and match and "institution" in pattern.groupindex and match["institution"]:
-            institution = match["institution"]
-        candidates.append({"patient_id": where[0], "case_id": where[0], "institution": institution,
+        seen[where[:2]] = rel
+        candidates.append({"patient_id": where[0], "case_id": where[0], "institution": where[2],
                            "slice": where[1], "image_path": rel, "mask_path": f"masks/{mask.name}"})
     for name in sorted(set(masks) - used_masks):
         problems.append(Problem("mask_without_image", f"masks/{name}", "no image of that name in images/"))
@@ -109,7 +105,9 @@ def _patients_from_csv(root: Path, name: str) -> dict[str, tuple[str, int | None
     return owner
 
 
-def _patient_and_slice(image: Path, owner: dict | None, pattern: re.Pattern, cfg: DataConfig) -> tuple[str, int] | str:
+def _patient_and_slice(image: Path, owner: dict | None, pattern: re.Pattern,
+                       cfg: DataConfig) -> tuple[str, int, str] | str:
+    """(patient, slice, institution) of an image, or why it has none."""
     if owner is not None:
         if image.stem not in owner:
             return f"not listed in {cfg.slices.patients_csv}"
@@ -119,12 +117,13 @@ def _patient_and_slice(image: Path, owner: dict | None, pattern: re.Pattern, cfg
             if not match:
                 return f"{cfg.slices.patients_csv} gives no slice and the name ends in no number"
             number = int(match.group(1))
-        return patient, number
+        return patient, number, NO_INSTITUTION
     match = pattern.match(image.stem)
     if not match:
         return (f"the name does not match data.slices.patient_pattern {cfg.slices.patient_pattern!r} (or list it in "
                 "data.slices.patients_csv)")
-    return match["patient"], int(match["slice"])
+    institution = match["institution"] if "institution" in pattern.groupindex and match["institution"] else None
+    return match["patient"], int(match["slice"]), institution or NO_INSTITUTION
 
 
 def _check_pair(root: Path, row: dict) -> dict:
@@ -199,6 +198,6 @@ def _relative_paths(root: Path, case: NiftiCase) -> tuple[str, str]:
     return str(image.relative_to(root)), str(case.truth.relative_to(root))
 
 
-def nifti_case_volumes(root: Path, cfg: DataConfig) -> dict[str, NiftiCase]:
+def nifti_case_volumes(root: Path) -> dict[str, NiftiCase]:
     """case name -> its files, for preprocess."""
     return {case.case: case for case in training_cases(Path(root))}

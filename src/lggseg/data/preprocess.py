@@ -153,7 +153,7 @@ def _write_split(rows: pd.DataFrame, dataset_root: Path, split_dir: Path, cfg: P
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if layout == "nifti":
-            cases = nifti_case_volumes(dataset_root, data)
+            cases = nifti_case_volumes(dataset_root)
             list(pool.map(load_case, rows["patient_id"].unique()))
         else:
             list(pool.map(load, range(n)))

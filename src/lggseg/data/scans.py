@@ -61,9 +61,12 @@ class VolumeScan:
 
     case: str
     folder: Path  # the file or folder the case was read from
-    format: str  # "nifti" | "dicom"
     nifti_case: NiftiCase | None = None
     series: str | None = None
+
+    @property
+    def format(self) -> str:
+        return "dicom" if self.nifti_case is None else "nifti"
 
 
 Scan = PatientScan | VolumeScan
@@ -133,7 +136,7 @@ def _find_volumes(input_path: Path, series: str | None) -> list[Scan]:
         if input_path.is_file():
             if nifti.is_nifti_name(input_path):
                 case = single_file_case(input_path)
-                return [VolumeScan(case.case, input_path, "nifti", case)]
+                return [VolumeScan(case.case, input_path, case)]
             if dicom.is_dicom_file(input_path):
                 raise ScanError(f"{input_path}: one DICOM file; give the folder of its series")
             return []
@@ -142,10 +145,10 @@ def _find_volumes(input_path: Path, series: str | None) -> list[Scan]:
         cases = nifti_cases_in(input_path) or [  # or a folder of case folders, as BraTS ships
             case for folder in sorted(p for p in input_path.iterdir() if p.is_dir()) for case in nifti_cases_in(folder)]
         if cases:
-            return [VolumeScan(c.case, c.channels["FLAIR"].parent, "nifti", c) for c in cases]
+            return [VolumeScan(c.case, c.channels["FLAIR"].parent, c) for c in cases]
         if not any(p.is_dir() and any(is_image_name(f) for f in p.iterdir()) for p in input_path.iterdir()) \
                 and dicom.dicom_files(input_path):
-            return [VolumeScan(input_path.resolve().name, input_path, "dicom", series=series)]
+            return [VolumeScan(input_path.resolve().name, input_path, series=series)]
     except ImageFormatError as exc:
         raise ScanError(str(exc)) from None
     return []

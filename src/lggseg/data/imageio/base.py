@@ -68,8 +68,7 @@ class Geometry:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along (slices, rows, columns) of the (S, P, L) array."""
-        canonical = self.affine @ inv_ornt_aff(self.to_canonical, self.shape)
-        return tuple(float(v) for v in voxel_sizes(canonical))  # type: ignore[return-value]
+        return canonical_spacing(self.affine, self.shape)
 
     def record(self) -> dict:
         """What report.json says of the input's geometry."""
@@ -78,6 +77,14 @@ class Geometry:
                 "affine": np.round(self.affine, 6).tolist(), "read_as": "axial slices (S, P, L), not resampled",
                 "intensity": "per-volume min-max to 0-255 per channel, as the data set's tifs",
                 "channels": self.channels, **({"dicom": self.identifiers} if self.identifiers else {})}
+
+
+def canonical_spacing(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float, float]:
+    """Voxel size in mm along (slices, rows, columns) once a volume with this affine is (S, P, L)."""
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(CANONICAL_AXES))
+    canonical = affine @ inv_ornt_aff(transform, shape[:3])
+    slices, rows, columns = (float(v) for v in voxel_sizes(canonical))
+    return slices, rows, columns
 
 
 @dataclass
@@ -100,8 +107,7 @@ def check_geometry(affine: np.ndarray, shape: tuple[int, ...], name: str | Path)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise ImageFormatError(f"{name}: the orientation cannot be determined (the voxel-to-world matrix is "
                                "singular or not finite)")
-    geometry = Geometry("", [], affine, tuple(shape[:3]))  # type: ignore[arg-type]
-    _, rows, columns = geometry.spacing
+    _, rows, columns = canonical_spacing(affine, shape)
     if max(rows, columns) / min(rows, columns) > MAX_IN_PLANE_ANISOTROPY:
         raise ImageFormatError(
             f"{name}: not an axial acquisition ({''.join(aff2axcodes(affine))}, voxels "

@@ -24,8 +24,6 @@ from pathlib import Path
 from lggseg.data.imageio import nifti
 from lggseg.data.imageio.base import ImageFormatError, Volume
 
-ROLE_OF_SUFFIX = {"flair": "FLAIR", "t2f": "FLAIR", "t1": "pre-contrast", "t1w": "pre-contrast",
-                  "t1n": "pre-contrast", "t1ce": "post-contrast", "t1gd": "post-contrast", "t1c": "post-contrast"}
 IGNORED_SUFFIXES = ("t2", "t2w")
 TRUTH_SUFFIXES = ("seg", "mask")
 CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -109,8 +107,8 @@ def nifti_cases_in(folder: Path) -> list[NiftiCase]:
                 raise ImageFormatError(f"{path}: channel {index} of {name}, but no dataset.json beside it names the "
                                        "channels (with one, `channel_names` says which is FLAIR)")
             _add(cases, name, role, path)
-        elif suffix and suffix["suffix"].lower() in ROLE_OF_SUFFIX:
-            _add(cases, suffix["case"], ROLE_OF_SUFFIX[suffix["suffix"].lower()], path)
+        elif suffix and (role := role_of_channel_name(suffix["suffix"])) is not None:
+            _add(cases, suffix["case"], role, path)
         elif suffix and suffix["suffix"].lower() in TRUTH_SUFFIXES:
             case = cases.setdefault(suffix["case"], NiftiCase(suffix["case"], {}))
             case.truth = path
@@ -142,8 +140,7 @@ def single_file_case(path: Path) -> NiftiCase:
     cases = [c for c in nifti_cases_in(path.parent) if path in c.channels.values()]
     if not cases:
         raise ImageFormatError(f"{path}: not an image lggseg reads (a mask, or a channel it does not use, e.g. T2)")
-    case = cases[0]
-    return NiftiCase(case.case, {role: p for role, p in case.channels.items()}, case.truth)
+    return cases[0]
 
 
 def training_cases(root: Path) -> list[NiftiCase]:

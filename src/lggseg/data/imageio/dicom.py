@@ -96,12 +96,14 @@ def read_series_folder(folder: Path, case: str, series: str | None = None) -> Vo
                                "one patient's folder")
     all_series = [Series(uid, items) for uid, items in sorted(by_series.items())]
     flair = pick_flair(all_series, series, folder)
-    volume, geometry = _series_volume(flair, folder)
+    files, geometry = _series_geometry(flair, folder)
+    volume = _series_pixels(files, geometry)
     others: dict[str, np.ndarray | None] = {}
     geometry.channels = {"FLAIR": f"series {flair.label()}"}
     for role, candidate in _contrast_series(all_series, flair).items():
-        array, other_geometry = _series_volume(candidate, folder)
+        other_files, other_geometry = _series_geometry(candidate, folder)  # headers only: pixels if it is used
         if other_geometry.shape == geometry.shape and np.allclose(other_geometry.affine, geometry.affine, atol=1e-3):
+            array = _series_pixels(other_files, other_geometry)
             others[role] = to_canonical(scale_to_uint8(array, candidate.files[0][0]), geometry)
             geometry.channels[role] = f"series {candidate.label()}"
             geometry.source += [str(p) for p, _ in candidate.files]
@@ -142,8 +144,9 @@ def _contrast_series(all_series: list[Series], flair: Series) -> dict[str, Serie
     return found
 
 
-def _series_volume(series: Series, folder: Path) -> tuple[np.ndarray, Geometry]:
-    """The voxels of one series in the order (columns, rows, slices) and its geometry (RAS affine)."""
+def _series_geometry(series: Series, folder: Path) -> tuple[list[Path], Geometry]:
+    """A series' files in slice order and its geometry (RAS affine, voxels (columns, rows, slices)), from the
+    headers alone."""
     headers = [h for _, h in series.files]
     name = f"{folder}: series {series.label()}"
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
@@ -185,8 +188,21 @@ def _series_volume(series: Series, folder: Path) -> tuple[np.ndarray, Geometry]:
     lps[:3, 2] = normal * slice_spacing
     lps[:3, 3] = positions[order[0]]
     affine = LPS_TO_RAS @ lps
+    first = headers[0]
+    geometry = Geometry("dicom", [str(p) for p, _ in files], affine, (columns, rows, len(files)),
+                        identifiers={"StudyInstanceUID": str(first.get("StudyInstanceUID", "")),
+                                     "SeriesInstanceUID": series.uid, "SeriesNumber": series.number,
+                                     "SeriesDescription": str(first.get("SeriesDescription", "")),
+                                     "Modality": str(first.get("Modality", ""))})
+    geometry.notes += check_geometry(affine, geometry.shape, name)
+    return [p for p, _ in files], geometry
+
+
+def _series_pixels(files: list[Path], geometry: Geometry) -> np.ndarray:
+    """The rescaled voxels of a series' files (slice order) as (columns, rows, slices)."""
+    columns, rows, _ = geometry.shape
     pixels = []
-    for path, _ in files:
+    for path in files:
         try:
             dataset = pydicom.dcmread(path)
             array = dataset.pixel_array.astype(np.float64)
@@ -195,15 +211,7 @@ def _series_volume(series: Series, folder: Path) -> tuple[np.ndarray, Geometry]:
         if array.shape != (rows, columns):
             raise ImageFormatError(f"{path}: pixel data of shape {array.shape}, expected {rows} x {columns}")
         pixels.append(array * float(dataset.get("RescaleSlope", 1) or 1) + float(dataset.get("RescaleIntercept", 0) or 0))
-    volume = np.stack(pixels, axis=-1).transpose(1, 0, 2)  # (rows, columns, slices) -> (columns, rows, slices)
-    first = headers[0]
-    geometry = Geometry("dicom", [str(p) for p, _ in files], affine, tuple(volume.shape),
-                        identifiers={"StudyInstanceUID": str(first.get("StudyInstanceUID", "")),
-                                     "SeriesInstanceUID": series.uid, "SeriesNumber": series.number,
-                                     "SeriesDescription": str(first.get("SeriesDescription", "")),
-                                     "Modality": str(first.get("Modality", ""))})
-    geometry.notes += check_geometry(affine, geometry.shape, name)
-    return volume, geometry
+    return np.stack(pixels, axis=-1).transpose(1, 0, 2)  # (rows, columns, slices) -> (columns, rows, slices)
 
 
 MR_IMAGE_STORAGE = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.4")
